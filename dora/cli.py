@@ -1,0 +1,122 @@
+"""Command-line glue around Hydra: one clear error line for bad input, exit code 2.
+
+Hydra's own composition errors span several lines and a stack-trace hint; ``preflight`` composes the
+command line once before Hydra does and turns any problem into ``error: <what> ; valid: <choices>``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dora.config import CONFIG_DIR, GROUPS, register_configs
+from dora.errors import UserError, choices, one_line
+
+
+def fail(message: str, code: int = 2):
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def group_options(group: str) -> list[str]:
+    """User-facing choices of a config group: its YAML files, minus internal ones (``_*``)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _prefix(kind: OverrideType) -> str:
+    return {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}.get(kind, "")
+
+
+def _values(override) -> list[str]:
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # interval/glob sweeps: nothing to enumerate, Hydra checks them itself
+        return []
+
+
+def preflight(argv: list[str]) -> None:
+    """Validate every group choice (each value of a sweep) and compose the first combination."""
+    args = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except HydraException as e:
+        fail(f"cannot parse the command line: {str(e).splitlines()[0]}")
+    first = []
+    for o in overrides:
+        key, values = o.key_or_group, _values(o)
+        if key in GROUPS:
+            for v in values:
+                if v not in group_options(key) and not (key == "experiment" and v == "null"):
+                    fail(f"unknown {key} {v!r}; valid: {choices(group_options(key))}")
+        if o.type != OverrideType.DEL and values:
+            first.append(f"{_prefix(o.type)}{key}={values[0]}")
+    try:
+        compose_config(first)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(explain(e, first))
+
+
+def explain(error: Exception, overrides: list[str]) -> str:
+    """One line for a composition error: which key or value, and what is valid there."""
+    text = str(error)
+    if isinstance(error, MissingConfigException):
+        return text.splitlines()[0]
+    m = re.search(r"Error merging override ([^=]+)=", text)
+    if m and error.__cause__ is not None:
+        return f"bad value for {m.group(1)}: {str(error.__cause__).splitlines()[0]}"
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        cause = error.__cause__
+        if cause is not None and "not in" not in str(cause) and "not found" not in str(cause).lower():
+            return f"bad value for {key}: {str(cause).splitlines()[0]}"
+        return f"unknown field {key!r}; valid: {choices(_siblings(key, overrides))}"
+    return text.splitlines()[0]
+
+
+def _siblings(key: str, overrides: list[str]) -> list[str]:
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    rest = [o for o in overrides if not o.lstrip("+").startswith(key + "=")]
+    cfg = compose_config(rest)
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    prefix = f"{parent}." if parent else ""
+    return [f"{prefix}{k}" for k in node] if isinstance(node, DictConfig) else []
+
+
+def run_job(cfg: DictConfig, out_dir: str) -> None:
+    """Hydra task body: run, and on bad input print one line, remove what the run created, exit 2."""
+    from dora.runner import run
+
+    existed = Path(out_dir, "result.json").exists()
+    try:
+        run(cfg, out_dir)
+    except UserError as e:
+        if not existed:
+            _remove_partial(Path(out_dir))
+        fail(str(e))
+
+
+def _remove_partial(out_dir: Path) -> None:
+    """Remove a run folder holding only Hydra's bookkeeping: a refused run leaves nothing behind."""
+    ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb"}
+    if out_dir.is_dir() and all(p.name in ours for p in out_dir.iterdir()):
+        shutil.rmtree(out_dir, ignore_errors=True)

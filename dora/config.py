@@ -1,0 +1,170 @@
+"""Typed schemas (dataclasses) of the Hydra config groups; values live in configs/*.yaml.
+
+Each group YAML starts from its schema (``defaults: [_model, _self_]``), so a typo in a field name or a
+value of the wrong type fails at composition. Methods and tasks register their own schema
+(a subclass of MethodConfig / TaskConfig) next to their code; see ``register_configs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment")
+
+
+@dataclass
+class ModelConfig:
+    """A backbone. ``source``: hub (``path`` = hub id or local dir), package (the pip-installed
+    all-MiniLM-L6-v2) or tiny (random init from ``tiny`` sizes, tokenizer built locally)."""
+
+    name: str = MISSING
+    family: str = MISSING  # roberta | bert | bart: decides which matrices are adapted
+    source: str = "hub"
+    path: str | None = None
+    tiny: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.source not in ("hub", "package", "tiny"):
+            raise ValueError(f"model.source={self.source!r}; valid: hub, package, tiny")
+        if self.family not in ("roberta", "bert", "bart"):
+            raise ValueError(f"model.family={self.family!r}; valid: bart, bert, roberta")
+
+
+@dataclass
+class TaskConfig:
+    """A benchmark task. ``splits`` maps each canonical split (train, dev, dev_matched, ...) to its
+    source: a file/hub split name with an optional slice, e.g. ``train``, ``dev``,
+    ``train_sample[:90%]`` or ``train[:2000]``."""
+
+    name: str = MISSING
+    max_length: int = 128  # tokens (paper Table 8)
+    splits: dict[str, str] = field(default_factory=dict)
+    hub_id: str | None = None
+
+    def __post_init__(self):
+        if self.max_length <= 0:
+            raise ValueError(f"task.max_length={self.max_length}; must be > 0")
+        if "train" not in self.splits or len(self.splits) < 2:
+            raise ValueError(f"task.splits={dict(self.splits)}; needs 'train' and at least one evaluation split")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's schema. ``lr`` is the method's default learning rate, used when
+    ``trainer.lr`` is null and no recipe sets it."""
+
+    name: str = MISSING
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"method.lr={self.lr}; must be > 0")
+
+
+@dataclass
+class BudgetConfig:
+    """The paper's parameter budgets, as the average rank r they correspond to on roberta-base
+    (spec §6): low = 0.33M (r = 2), high = 1.33M (r = 8). Each method maps r to its own size."""
+
+    name: str = MISSING
+    rank: int = MISSING
+
+    def __post_init__(self):
+        if self.rank <= 0:
+            raise ValueError(f"budget.rank={self.rank}; must be > 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation (spec §5): AdamW, linear schedule with warm-up, gradient clipping."""
+
+    epochs: int = 3
+    max_steps: int = -1  # > 0: stop after this many optimizer steps (T = max_steps)
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float | None = None  # null: the method's default (method.lr) or the recipe's
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    max_length: int | None = None  # null: the task's
+    eval_every: int = 0  # 0: evaluate after every epoch; N > 0: also every N optimizer steps
+    log_every: int = 10  # optimizer steps between loss logs (one host sync each)
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else fp32) | no | bf16 | fp16
+    cpu: bool = False  # force the CPU even when a GPU is present
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs > 0,
+            "batch_size": self.batch_size > 0,
+            "eval_batch_size": self.eval_batch_size > 0,
+            "grad_accum": self.grad_accum > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "eval_every": self.eval_every >= 0,
+            "log_every": self.log_every > 0,
+            "lr": self.lr is None or self.lr > 0,
+            "max_length": self.max_length is None or self.max_length > 0,
+            "max_steps": self.max_steps == -1 or self.max_steps > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"trainer.{name}={getattr(self, name)} is out of range")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"trainer.mixed_precision={self.mixed_precision!r}; valid: auto, bf16, fp16, no")
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking. kind=wandb logs online when credentials exist, offline otherwise."""
+
+    kind: str = "none"  # wandb | none
+    project: str = "dyndora"
+    entity: str | None = None
+    mode: str = "auto"  # auto | online | offline
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.kind not in ("wandb", "none"):
+            raise ValueError(f"logger.kind={self.kind!r}; valid: none, wandb")
+        if self.mode not in ("auto", "online", "offline"):
+            raise ValueError(f"logger.mode={self.mode!r}; valid: auto, offline, online")
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (group YAMLs extend them). Idempotent."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    import dora.methods  # noqa: F401  (self-registering plug-ins)
+    import tasks  # noqa: F401
+    from dora.methods import METHODS
+    from tasks import TASKS
+
+    cs = ConfigStore.instance()
+    for group, node in (
+        ("model", ModelConfig),
+        ("budget", BudgetConfig),
+        ("trainer", TrainerConfig),
+        ("logger", LoggerConfig),
+        ("task", TaskConfig),
+        ("method", MethodConfig),
+    ):
+        cs.store(group=group, name=f"_{group}", node=node)
+    for entry in METHODS:
+        cs.store(group="method", name=f"_{entry.name}", node=entry.config)
+    for entry in TASKS:
+        if entry.config is not TaskConfig:
+            cs.store(group="task", name=f"_{entry.name}", node=entry.config)
+    _REGISTERED = True

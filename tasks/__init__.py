@@ -1,0 +1,17 @@
+"""Benchmark tasks, registered by name: GLUE (one table-driven class); later SQuAD and XSum."""
+
+from dora.registry import Registry, import_submodules
+
+TASKS = Registry("task")
+
+from tasks.base import Task, TaskData  # noqa: E402
+
+__all__ = ["TASKS", "Task", "TaskData", "build_task"]
+
+
+def build_task(cfg, data_dir) -> Task:
+    """The task named ``cfg.name`` reading from ``data_dir`` (a folder like shared/data) or the hub."""
+    return TASKS.get(cfg.name).cls(cfg, data_dir)
+
+
+import_submodules(__name__)

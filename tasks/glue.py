@@ -1,0 +1,172 @@
+"""GLUE: the eight tasks as one table-driven class, from the hub (``nyu-mll/glue``) or from
+``<data_dir>/glue/<Task>/<split>.tsv`` in the original GLUE tsv format.
+
+tsv traps handled: fields are read with no quote processing (csv.QUOTE_NONE), CoLA has no header,
+MRPC starts with a UTF-8 BOM, RTE/QNLI/MNLI labels are strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from transformers import DataCollatorWithPadding
+
+from dora.config import TaskConfig
+from dora.errors import UserError
+from tasks import TASKS, metrics
+from tasks.base import Task, TaskData
+from tasks.data import parse_split
+
+HUB_ID = "nyu-mll/glue"
+HUB_SPLITS = {"dev": "validation", "dev_matched": "validation_matched", "dev_mismatched": "validation_mismatched"}
+
+
+@dataclass(frozen=True)
+class GlueSpec:
+    folder: str  # <data_dir>/glue/<folder>/
+    hub_text: tuple[str, ...]  # text columns on the hub
+    local_text: tuple[str | int, ...]  # text columns in the tsv: header names, or indices when headerless
+    local_label: str | int
+    metrics: tuple[str, ...]  # first = headline (spec §6)
+    labels: tuple[str, ...] = ()  # string labels in hub id order; empty: labels are numbers in the file
+    regression: bool = False
+    header: bool = True
+
+
+GLUE = {
+    "cola": GlueSpec("CoLA", ("sentence",), (3,), 1, ("mcc", "accuracy"), header=False),
+    "sst2": GlueSpec("SST-2", ("sentence",), ("sentence",), "label", ("accuracy",)),
+    "mrpc": GlueSpec("MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", ("accuracy", "f1")),
+    "stsb": GlueSpec("STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", ("pearson", "spearman"), regression=True),
+    "qqp": GlueSpec("QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate", ("accuracy", "f1")),
+    "mnli": GlueSpec("MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label", ("accuracy",), labels=("entailment", "neutral", "contradiction")),
+    "qnli": GlueSpec("QNLI", ("question", "sentence"), ("question", "sentence"), "label", ("accuracy",), labels=("entailment", "not_entailment")),
+    "rte": GlueSpec("RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("accuracy",), labels=("entailment", "not_entailment")),
+}
+
+
+def read_tsv(path: str, spec: GlueSpec) -> dict[str, list]:
+    """Columns ``text_a``, (``text_b``), ``labels`` of one GLUE tsv file."""
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
+        rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    first_data_line = 1
+    if spec.header:
+        if not rows:
+            raise UserError(f"malformed GLUE file {path}: it is empty")
+        header, rows, first_data_line = rows[0], rows[1:], 2
+        missing = [c for c in (*spec.local_text, spec.local_label) if c not in header]
+        if missing:
+            raise UserError(f"malformed GLUE file {path}: header lacks columns {missing}; found {header}")
+        cols = [header.index(c) for c in (*spec.local_text, spec.local_label)]
+    else:
+        cols = [*spec.local_text, spec.local_label]
+    out: dict[str, list] = {"text_a": [], "text_b": [], "labels": []}
+    for i, row in enumerate(rows, start=first_data_line):
+        if len(row) <= max(cols):
+            raise UserError(f"malformed GLUE file {path}: line {i} has {len(row)} fields, expected at least {max(cols) + 1}")
+        out["text_a"].append(row[cols[0]])
+        if len(spec.local_text) == 2:
+            out["text_b"].append(row[cols[1]])
+        out["labels"].append(_label(row[cols[-1]], spec, path, i))
+    if len(spec.local_text) == 1:
+        del out["text_b"]
+    return out
+
+
+def _label(value: str, spec: GlueSpec, path: str, line: int):
+    try:
+        if spec.regression:
+            return float(value)
+        return spec.labels.index(value) if spec.labels else int(value)
+    except ValueError:
+        valid = "a number" if spec.regression else (", ".join(spec.labels) or "an integer")
+        raise UserError(f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}") from None
+
+
+class Glue(Task):
+    """One GLUE task; which one is ``GLUE[cfg.name]``."""
+
+    def __init__(self, cfg: TaskConfig, data_dir: str | None):
+        super().__init__(cfg, data_dir)
+        self.spec = GLUE[cfg.name]
+        self.head = "regression" if self.spec.regression else "seq_cls"
+        self.num_labels = 1 if self.spec.regression else max(2, len(self.spec.labels))
+        self.headline = f"{self.eval_splits[0]}/{self.spec.metrics[0]}"
+
+    # -- data ---------------------------------------------------------------------------------
+    def local_path(self, split_name: str) -> str:
+        return os.path.join(self.data_dir, "glue", self.spec.folder, f"{split_name}.tsv")
+
+    def check_data(self) -> None:
+        if self.data_dir is None:
+            return
+        for canonical, spec in self.cfg.splits.items():
+            path = self.local_path(parse_split(spec).name)
+            if not os.path.isfile(path):
+                folder = os.path.dirname(path)
+                have = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".tsv")) if os.path.isdir(folder) else []
+                hint = f"files there: {', '.join(have)} (choose with task.splits.{canonical}=NAME)" if have else "no GLUE files there"
+                raise UserError(f"task={self.cfg.name}: missing {canonical} file {path}; {hint}")
+
+    def raw_split(self, spec_str: str) -> Dataset:
+        spec = parse_split(spec_str)
+        if self.data_dir is not None:
+            columns = read_tsv(self.local_path(spec.name), self.spec)
+            lo, hi = spec.bounds(len(columns["labels"]))
+            return Dataset.from_dict({k: v[lo:hi] for k, v in columns.items()})
+        return self._hub_split(spec)
+
+    def _hub_split(self, spec) -> Dataset:
+        from datasets import load_dataset
+
+        hub_id = self.cfg.hub_id or HUB_ID
+        split = HUB_SPLITS.get(spec.name, spec.name) + spec.slice_suffix()
+        try:
+            ds = load_dataset(hub_id, self.cfg.name, split=split)
+        except Exception as e:  # network, offline mode, unknown split: all end the run the same way
+            raise UserError(
+                f"cannot load {hub_id}/{self.cfg.name} split {split!r} from the Hugging Face Hub "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline: pass data_dir=PATH "
+                "(a folder laid out like shared/data: glue/<Task>/<split>.tsv)"
+            ) from e
+        names = ["text_a", "text_b"][: len(self.spec.hub_text)]
+        ds = ds.rename_columns(dict(zip(self.spec.hub_text, names, strict=True)) | {"label": "labels"})
+        return ds.select_columns([*names, "labels"])
+
+    def load(self, tokenizer, max_length: int) -> TaskData:
+        def encode(batch):
+            texts = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
+            return tokenizer(*texts, truncation=True, max_length=max_length)
+
+        def prepare(spec_str: str) -> Dataset:
+            raw = self.raw_split(spec_str)
+            return raw.map(encode, batched=True, remove_columns=[c for c in raw.column_names if c != "labels"])
+
+        evals = {name: prepare(self.cfg.splits[name]) for name in self.eval_splits}
+        return TaskData(prepare(self.cfg.splits["train"]), evals, self.data_notes())
+
+    def collator(self, tokenizer):
+        return DataCollatorWithPadding(tokenizer)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model, loader, accelerator, split: str) -> dict[str, float]:
+        model.eval()
+        preds, refs = [], []
+        for batch in loader:
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
+            preds.append((logits.squeeze(-1).float() if self.spec.regression else logits.argmax(-1)).cpu())
+            refs.append(labels.cpu())
+        model.train()
+        values = metrics.compute(self.spec.metrics, torch.cat(preds).numpy(), torch.cat(refs).numpy())
+        return {f"{split}/{name}": v for name, v in values.items()}
+
+
+for _name in GLUE:
+    TASKS.add(_name, Glue, TaskConfig)

@@ -1,0 +1,33 @@
+"""Helpers for tests: compose configs and run the harness in-process or as the CLI does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from dora.cli import compose_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compose(*overrides: str) -> DictConfig:
+    return compose_config(list(overrides))
+
+
+def run_inprocess(tmp_path: Path, *overrides: str) -> dict:
+    """Compose and train in this process (fast: no interpreter start-up); returns result.json."""
+    from dora.runner import run
+
+    out = tmp_path / "run"
+    cfg = compose("logger=none", "trainer.progress=false", f"output_dir={out}", *overrides)
+    run(cfg, out)
+    return json.loads((out / "result.json").read_text())
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` as a user runs it."""
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
