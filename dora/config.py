@@ -50,7 +50,9 @@ class TaskConfig:
         if self.max_length <= 0:
             raise ValueError(f"task.max_length={self.max_length}; must be > 0")
         if "train" not in self.splits or len(self.splits) < 2:
-            raise ValueError(f"task.splits={dict(self.splits)}; needs 'train' and at least one evaluation split")
+            raise ValueError(
+                f"task.splits={dict(self.splits)}; needs 'train' and at least one evaluation split"
+            )
 
 
 @dataclass

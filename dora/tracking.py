@@ -63,7 +63,9 @@ class WandbTracker:
         self._run.finish()
 
 
-def make_tracker(cfg: LoggerConfig, config: dict, out_dir: str, name: str, tags: list[str], main_process: bool):
+def make_tracker(
+    cfg: LoggerConfig, config: dict, out_dir: str, name: str, tags: list[str], main_process: bool
+):
     if cfg.kind == "wandb" and main_process:
         return WandbTracker(cfg, config, out_dir, name, tags)
     return NullTracker()

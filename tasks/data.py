@@ -1,6 +1,8 @@
-"""Split specifications shared by every task: ``name`` or ``name[start:end]`` with row counts or
-percentages, e.g. ``train``, ``dev``, ``train_sample[:90%]``, ``train[:2000]`` (the syntax of
-``datasets`` split slicing, so a hub split takes the same spec)."""
+"""Split specifications shared by every task: ``name``, ``name:start:end`` or ``name[start:end]``
+with row counts or percentages, e.g. ``train``, ``dev``, ``train_sample::90%``, ``train:0:2000``.
+``name[start:end]`` is the syntax of ``datasets`` split slicing (a hub split takes the same spec);
+on the Hydra command line it needs quotes, ``name:start:end`` does not:
+``task.splits.train=train_sample::90% task.splits.dev=train_sample:90%:``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from dataclasses import dataclass
 
 from dora.errors import UserError
 
-_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<start>-?\d+%?)?:(?P<end>-?\d+%?)?\])?$")
+_BOUND = r"-?\d+%?"
+_SPEC = re.compile(
+    rf"^(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<s1>{_BOUND})?:(?P<e1>{_BOUND})?\]|:(?P<s2>{_BOUND})?:(?P<e2>{_BOUND})?)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,10 @@ class SplitSpec:
 def parse_split(spec: str) -> SplitSpec:
     m = _SPEC.match(str(spec).strip())
     if not m:
-        raise UserError(f"bad split spec {spec!r}; expected NAME or NAME[START:END], e.g. train[:90%] or dev[:500]")
-    return SplitSpec(m["name"], m["start"], m["end"])
+        raise UserError(
+            f"bad split spec {spec!r}; expected NAME, NAME:START:END or NAME[START:END], e.g. train::90% or dev:0:500"
+        )
+    return SplitSpec(m["name"], m["s1"] or m["s2"], m["e1"] or m["e2"])
 
 
 def shared_sources(splits: dict[str, str]) -> list[str]:

@@ -22,7 +22,11 @@ from tasks.base import Task, TaskData
 from tasks.data import parse_split
 
 HUB_ID = "nyu-mll/glue"
-HUB_SPLITS = {"dev": "validation", "dev_matched": "validation_matched", "dev_mismatched": "validation_mismatched"}
+HUB_SPLITS = {
+    "dev": "validation",
+    "dev_matched": "validation_matched",
+    "dev_mismatched": "validation_mismatched",
+}
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,44 @@ class GlueSpec:
 GLUE = {
     "cola": GlueSpec("CoLA", ("sentence",), (3,), 1, ("mcc", "accuracy"), header=False),
     "sst2": GlueSpec("SST-2", ("sentence",), ("sentence",), "label", ("accuracy",)),
-    "mrpc": GlueSpec("MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", ("accuracy", "f1")),
-    "stsb": GlueSpec("STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", ("pearson", "spearman"), regression=True),
-    "qqp": GlueSpec("QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate", ("accuracy", "f1")),
-    "mnli": GlueSpec("MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label", ("accuracy",), labels=("entailment", "neutral", "contradiction")),
-    "qnli": GlueSpec("QNLI", ("question", "sentence"), ("question", "sentence"), "label", ("accuracy",), labels=("entailment", "not_entailment")),
-    "rte": GlueSpec("RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("accuracy",), labels=("entailment", "not_entailment")),
+    "mrpc": GlueSpec(
+        "MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", ("accuracy", "f1")
+    ),
+    "stsb": GlueSpec(
+        "STS-B",
+        ("sentence1", "sentence2"),
+        ("sentence1", "sentence2"),
+        "score",
+        ("pearson", "spearman"),
+        regression=True,
+    ),
+    "qqp": GlueSpec(
+        "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate", ("accuracy", "f1")
+    ),
+    "mnli": GlueSpec(
+        "MNLI",
+        ("premise", "hypothesis"),
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("accuracy",),
+        labels=("entailment", "neutral", "contradiction"),
+    ),
+    "qnli": GlueSpec(
+        "QNLI",
+        ("question", "sentence"),
+        ("question", "sentence"),
+        "label",
+        ("accuracy",),
+        labels=("entailment", "not_entailment"),
+    ),
+    "rte": GlueSpec(
+        "RTE",
+        ("sentence1", "sentence2"),
+        ("sentence1", "sentence2"),
+        "label",
+        ("accuracy",),
+        labels=("entailment", "not_entailment"),
+    ),
 }
 
 
@@ -67,7 +103,9 @@ def read_tsv(path: str, spec: GlueSpec) -> dict[str, list]:
     out: dict[str, list] = {"text_a": [], "text_b": [], "labels": []}
     for i, row in enumerate(rows, start=first_data_line):
         if len(row) <= max(cols):
-            raise UserError(f"malformed GLUE file {path}: line {i} has {len(row)} fields, expected at least {max(cols) + 1}")
+            raise UserError(
+                f"malformed GLUE file {path}: line {i} has {len(row)} fields, expected at least {max(cols) + 1}"
+            )
         out["text_a"].append(row[cols[0]])
         if len(spec.local_text) == 2:
             out["text_b"].append(row[cols[1]])
@@ -84,7 +122,9 @@ def _label(value: str, spec: GlueSpec, path: str, line: int):
         return spec.labels.index(value) if spec.labels else int(value)
     except ValueError:
         valid = "a number" if spec.regression else (", ".join(spec.labels) or "an integer")
-        raise UserError(f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}") from None
+        raise UserError(
+            f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}"
+        ) from None
 
 
 class Glue(Task):
@@ -108,8 +148,16 @@ class Glue(Task):
             path = self.local_path(parse_split(spec).name)
             if not os.path.isfile(path):
                 folder = os.path.dirname(path)
-                have = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".tsv")) if os.path.isdir(folder) else []
-                hint = f"files there: {', '.join(have)} (choose with task.splits.{canonical}=NAME)" if have else "no GLUE files there"
+                have = (
+                    sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".tsv"))
+                    if os.path.isdir(folder)
+                    else []
+                )
+                hint = (
+                    f"files there: {', '.join(have)} (choose with task.splits.{canonical}=NAME)"
+                    if have
+                    else "no GLUE files there"
+                )
                 raise UserError(f"task={self.cfg.name}: missing {canonical} file {path}; {hint}")
 
     def raw_split(self, spec_str: str) -> Dataset:
@@ -144,7 +192,9 @@ class Glue(Task):
 
         def prepare(spec_str: str) -> Dataset:
             raw = self.raw_split(spec_str)
-            return raw.map(encode, batched=True, remove_columns=[c for c in raw.column_names if c != "labels"])
+            return raw.map(
+                encode, batched=True, remove_columns=[c for c in raw.column_names if c != "labels"]
+            )
 
         evals = {name: prepare(self.cfg.splits[name]) for name in self.eval_splits}
         return TaskData(prepare(self.cfg.splits["train"]), evals, self.data_notes())

@@ -12,12 +12,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser):
-    parser.addoption("--data-dir", default=None, help="folder laid out like shared/data (glue/, squad/, xsum/)")
+    parser.addoption(
+        "--data-dir", default=None, help="folder laid out like shared/data (glue/, squad/, xsum/)"
+    )
 
 
 @pytest.fixture(scope="session")
 def data_dir(request) -> Path:
-    value = request.config.getoption("--data-dir") or os.environ.get("DORA_DATA_DIR") or REPO.parent / "shared" / "data"
+    value = (
+        request.config.getoption("--data-dir")
+        or os.environ.get("DORA_DATA_DIR")
+        or REPO.parent / "shared" / "data"
+    )
     path = Path(value).resolve()
     if not (path / "glue").is_dir():
         pytest.skip(f"no benchmark data at {path} (set DORA_DATA_DIR or --data-dir)")

@@ -30,4 +30,6 @@ def run_inprocess(tmp_path: Path, *overrides: str) -> dict:
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python run.py ARGS`` as a user runs it."""
-    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
