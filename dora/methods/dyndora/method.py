@@ -1,0 +1,181 @@
+"""DynDoRA — "DoRA: Enhancing Parameter-Efficient Fine-Tuning with Dynamic Rank Distribution"
+(Mao et al., ACL 2024), as the authors' released code does it (spec: shared/reference/dyndora_spec.md).
+
+Not PEFT's ``use_dora`` (Weight-Decomposed LoRA, Liu et al. 2024), which is a different method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dora.config import MethodConfig
+from dora.errors import UserError
+from dora.methods import METHODS
+from dora.methods.base import Method, freeze_all_but
+from dora.methods.dyndora.allocator import RankAllocator, Schedule
+from dora.methods.dyndora.export import export_peft, save_heatmap
+from dora.methods.dyndora.layer import inject, unwrap
+from dora.models import adapted_linears
+
+log = logging.getLogger("dora")
+
+
+@dataclass
+class DynDoRAConfig(MethodConfig):
+    """DynDoRA (Dynamic Rank Distribution) knobs; paper symbols in the comments.
+
+    The budget r = b(T) comes from ``budget=low|high`` (r = 2 / 8); every adapted matrix starts with
+    r' = b(0) = ceil(init_ratio·r) rank-1 components and the global schedule prunes N·(r'−r) of the
+    N = L·r' components (L matrices) so that N·r remain.
+
+    Worked example (SST-2, Table 8 recipe, roberta-base, ``budget=high``): 67,349 training examples,
+    batch 64 → 1,053 steps per epoch × 60 epochs = T = 63,180 optimizer steps; r = 8, r' = 12,
+    L = 72, N = 864.
+
+    - steps 1..9,476: warm-up, no pruning (t_i = int(0.15·T) = 9,477); EMA scores update every step.
+    - step 9,477 (q = 0): first event; k = 0, but the released code prunes max(k, 1) = 1 → 863 active.
+    - every ΔT = 10 steps an event re-ranks all 864 components (pruned gates may have revived):
+      q = 10,000 (step 19,477): k = floor(864·(4/12)·(10,000/22,113)³) = 26 → 838 active;
+      q = 20,000 (step 29,477): k = 213 → 651 active.
+    - step 31,590 (q = Q = int(0.35·T) = 22,113): last event, k = 288 → 576 = 72·8 active; this mask
+      becomes permanent; scores and DEM stop (DEM runs for steps ≤ 31,590 ≈ 0.5·T).
+    - steps 31,591..63,180: fixed allocation; best-epoch selection uses evaluations from step 31,590.
+    At ``budget=low`` (r = 2, r' = 3, N = 216) the same steps give 215, 210, 163 and finally 144 = 72·2.
+    """
+
+    name: str = "dora"
+    lr: float = 2e-3  # used only without trainer.lr or a recipe (Table 8: 8e-4 .. 5e-3)
+    init_ratio: float = 1.5  # b(0)/b(T): r' = ceil(init_ratio·r)
+    dem_coef: float = 0.1  # η, DEM weight (Table 8: 0.1/0.3/0.5 per task; 0 = "without DEM", Table 5)
+    prune_interval: int = 100  # ΔT, optimizer steps between pruning events (Table 8: 10/50/100)
+    warmup_frac: float = 0.15  # t_i/T, no pruning before
+    final_frac: float = 0.5  # t_f/T, fixed allocation at the end
+    ema_beta: float = 0.9  # β of the score EMA
+    alpha: float = 8.0  # α; the update is scaled by α/r'
+    dropout: float = 0.1  # adapter input dropout
+    dem_norm: str = "code"  # code: R/(2n) (released code) | paper: R/n (Eq. 10)
+    eps: float = 1e-8  # added to ‖ΔW‖_F in the score
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = {
+            "init_ratio": self.init_ratio >= 1,
+            "dem_coef": self.dem_coef >= 0,
+            "prune_interval": self.prune_interval > 0,
+            "warmup_frac": 0 <= self.warmup_frac < 1,
+            "final_frac": 0 <= self.final_frac < 1,
+            "ema_beta": 0 <= self.ema_beta < 1,
+            "alpha": self.alpha > 0,
+            "dropout": 0 <= self.dropout < 1,
+            "eps": self.eps >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"method.{key}={getattr(self, key)} is out of range")
+        if self.warmup_frac + self.final_frac >= 1:
+            raise ValueError(
+                f"method.warmup_frac + method.final_frac = {self.warmup_frac + self.final_frac}; must be < 1 "
+                "(no steps left for pruning)"
+            )
+        if self.dem_norm not in ("code", "paper"):
+            raise ValueError(f"method.dem_norm={self.dem_norm!r}; valid: code, paper")
+
+
+def initial_rank(init_ratio: float, r: int) -> int:
+    """r' = ceil(ratio·r), robust to float noise (1.1·10 is 11.000000000000002, r' must be 11)."""
+    return math.ceil(round(init_ratio * r, 9))
+
+
+@METHODS.register("dora", config=DynDoRAConfig)
+class DynDoRA(Method):
+    """DynDoRA: rank-1 components with gates, pruned globally by importance, plus the DEM loss."""
+
+    uses_budget = True
+
+    def apply(self, model: nn.Module, info) -> nn.Module:
+        self.info, cfg = info, self.cfg
+        targets = adapted_linears(model, info.family)
+        if not targets:
+            raise UserError(f"method=dora found no target linear layers for model family {info.family!r}")
+        r = self.budget.rank
+        self.r_init = initial_rank(cfg.init_ratio, r)
+        freeze_all_but(model, lambda name: False)
+        self.names = [name for name, _ in targets]
+        self.layers = inject(model, targets, self.r_init, cfg.alpha, cfg.dropout)
+        freeze_all_but(model, lambda name: ".lora_" in name or self.is_head(name))
+        sched = Schedule.build(
+            info.total_steps,
+            cfg.warmup_frac,
+            cfg.final_frac,
+            cfg.prune_interval,
+            len(targets),
+            self.r_init,
+            r,
+        )
+        self.allocator = RankAllocator(self.layers, sched, cfg.ema_beta, cfg.eps)
+        log.info(
+            "DynDoRA: %d matrices, r'=%d -> r=%d (%d -> %d components); T=%d, pruning steps %d..%d every %d",
+            len(targets), self.r_init, r, sched.n_components, len(targets) * r,
+            sched.total_steps, sched.warmup, sched.last_step, sched.interval,
+        )  # fmt: skip
+        return model
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.allocator.schedule
+
+    # -- training hooks ------------------------------------------------------------------------
+    def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        """η·R while the scores are updated (steps ≤ t_i + Q ≈ 0.5·T, as the code); None after."""
+        if self.cfg.dem_coef == 0 or step > self.schedule.last_step:
+            return None
+        return self.cfg.dem_coef * self.allocator.dem(self.cfg.dem_norm)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> dict:
+        if total_steps != self.schedule.total_steps:
+            raise RuntimeError(
+                f"DynDoRA was built for T={self.schedule.total_steps}, the runner says {total_steps}"
+            )
+        return self.allocator.step(step)
+
+    def best_from_step(self, total_steps: int) -> int:
+        return self.schedule.last_step  # evaluations after the last pruning event
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.allocator.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.allocator.load_state_dict(state)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def rank_pattern(self, model: nn.Module | None = None) -> dict[str, int]:
+        """Active (non-zero gate) components per adapted matrix."""
+        return dict(zip(self.names, self.allocator.active().tolist(), strict=True))
+
+    def budget_history(self) -> list[list[int]]:
+        """[step, active components] at every pruning event."""
+        return self.allocator.budget_history()
+
+    def budget_params(self, model: nn.Module) -> int:
+        """Σ active components × (d_in + d_out) over adapted matrices; head and gates excluded (spec §6)."""
+        active = self.allocator.active().tolist()
+        return sum(k * (m.in_features + m.out_features) for k, m in zip(active, self.layers, strict=True))
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, model: nn.Module, out_dir: str | Path) -> None:
+        """``peft_lora/`` (standard PEFT LoRA adapter) and ``rank_heatmap.png`` in the run folder."""
+        out_dir = Path(out_dir)
+        layers = dict(zip(self.names, self.layers, strict=True))
+        export_peft(model, layers, self.info.head, self.info.head_prefixes, self.cfg, out_dir / "peft_lora")
+        save_heatmap(self.rank_pattern(model), self.r_init, out_dir / "rank_heatmap.png")
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold ΔW = (α/r')·B·diag(c)·A into W0 (in fp32) and put the plain linears back."""
+        return unwrap(model, self.names, merge=True)
