@@ -19,6 +19,8 @@ def is_bias(name: str) -> bool:
 
 @METHODS.register("bitfit", config=BitFitConfig)
 class BitFit(Method):
+    trains_backbone = True  # tunes pretrained weights itself (tests/test_methods.py)
+
     def apply(self, model, info):
         self.info = info
         freeze_all_but(model, lambda name: is_bias(name) or self.is_head(name))

@@ -15,6 +15,8 @@ class FullConfig(MethodConfig):
 
 @METHODS.register("full", config=FullConfig)
 class Full(Method):
+    trains_backbone = True  # tunes pretrained weights itself (tests/test_methods.py)
+
     def apply(self, model, info):
         self.info = info
         freeze_all_but(model, lambda name: True)
