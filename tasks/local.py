@@ -1,0 +1,84 @@
+"""Local data files of the non-GLUE tasks (``<data_dir>/squad/*.json``, ``<data_dir>/xsum/*.jsonl``) and
+the offline fallback used when a data folder holds no training file.
+
+shared/data has no SQuAD or XSum training split. A task may declare ``local_fallback`` splits that carve
+train and evaluation out of one local file (e.g. ``dev-v1.1::80%`` / ``dev-v1.1:80%:``); they replace the
+configured splits only when all of these hold:
+  * the configured train file is missing from the data folder,
+  * the configured splits and the fallback name the same canonical splits,
+  * every configured evaluation split is a whole file (no slice) that is either missing too or is the
+    very file the fallback carves from.
+Anything else (a sliced or different existing evaluation file) is left as the user wrote it and a missing
+file is an error. The fallback is announced, and the result records it: train and evaluation then come
+from one original split and are not comparable with official numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from dora.errors import UserError
+from tasks.data import parse_split
+
+log = logging.getLogger("dora")
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """Split name -> ``<data_dir>/<folder>/<name><ext>``."""
+
+    data_dir: str
+    folder: str  # squad | xsum
+    ext: str  # .json | .jsonl
+
+    def path(self, split_name: str) -> str:
+        return os.path.join(self.data_dir, self.folder, split_name + self.ext)
+
+    def exists(self, spec: str) -> bool:
+        return os.path.isfile(self.path(parse_split(spec).name))
+
+    def available(self) -> list[str]:
+        folder = os.path.join(self.data_dir, self.folder)
+        if not os.path.isdir(folder):
+            return []
+        return sorted(f[: -len(self.ext)] for f in os.listdir(folder) if f.endswith(self.ext))
+
+
+def resolve_splits(
+    task: str, files: LocalFiles, splits: dict[str, str], fallback: dict[str, str]
+) -> tuple[dict[str, str], str | None]:
+    """The splits to read and, when the fallback replaced them, a sentence saying so."""
+    note = None
+    if _fallback_applies(files, splits, fallback):
+        note = (
+            f"no {files.path(parse_split(splits['train']).name)}: using task.local_fallback "
+            f"{dict(fallback)} (train and evaluation carved out of one original split; "
+            "not comparable with official numbers)"
+        )
+        log.warning("task=%s: %s", task, note)
+        splits = dict(fallback)
+    for canonical, spec in splits.items():
+        if not files.exists(spec):
+            raise UserError(_missing(task, files, canonical, spec, fallback))
+    return splits, note
+
+
+def _fallback_applies(files: LocalFiles, splits: dict[str, str], fallback: dict[str, str]) -> bool:
+    if not fallback or files.exists(splits["train"]) or set(splits) != set(fallback):
+        return False
+    for canonical, spec in splits.items():
+        if canonical == "train":
+            continue
+        mine, source = parse_split(spec), parse_split(fallback[canonical])
+        if mine.sliced or (files.exists(spec) and mine.name != source.name):
+            return False
+    return all(files.exists(spec) for spec in fallback.values())
+
+
+def _missing(task: str, files: LocalFiles, canonical: str, spec: str, fallback: dict[str, str]) -> str:
+    have = files.available()
+    where = f"files there: {', '.join(have)}" if have else f"no {files.ext} files there"
+    example = " ".join(f"task.splits.{c}={s}" for c, s in fallback.items()) or f"task.splits.{canonical}=NAME"
+    return f"task={task}: missing {canonical} file {files.path(parse_split(spec).name)}; {where} (e.g. {example})"
