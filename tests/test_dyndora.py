@@ -29,10 +29,12 @@ def tiny_roberta(seed: int = 0) -> nn.Module:
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
-def make_method(total_steps=100, rank=2, head_prefixes=("classifier",), family="roberta", **knobs):
+def make_method(
+    total_steps=100, rank=2, head_prefixes=("classifier",), family="roberta", head="seq_cls", **knobs
+):
     knobs = {"dropout": 0.0, "prune_interval": 10, **knobs}
     method = DynDoRA(DynDoRAConfig(**knobs), BudgetConfig(name="low", rank=rank))
-    info = TaskInfo("rte", "seq_cls", family, head_prefixes, total_steps)
+    info = TaskInfo("rte", head, family, head_prefixes, total_steps)
     return method, info
 
 
@@ -183,6 +185,7 @@ def test_pruning_follows_schedule_final_budget_exact_and_permanent():
     expected = [[s, n - max(sched.n_pruned(s), 1)] for s in sched.events()]
     assert method.budget_history() == expected
     assert [s for s, _ in expected] == [15, 25, 35, 45, 50]
+    assert method.best_from_step(100) == sched.last_step == 50  # best epoch: once pruning has ended
     final = method.allocator.final_keep.clone()
     assert int(final.sum()) == len(method.layers) * 2  # N·r exactly
     simulate(method, range(sched.last_step + 1, 101), g)  # gates move, the final mask re-applies
@@ -267,6 +270,25 @@ def test_export_loads_in_plain_peft_with_same_outputs(tmp_path):
     torch.testing.assert_close(loaded(**x).logits, model(**x).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_export_of_seq2seq_bart_loads_in_plain_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    sizes = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2)
+    sizes |= dict(decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=60)
+    base = AutoModelForSeq2SeqLM.from_config(BartConfig(max_position_embeddings=40, **sizes)).eval()
+    model = copy.deepcopy(base)
+    method, info = make_method(family="bart", head="seq2seq", head_prefixes=())
+    method.apply(model, info)
+    assert len(method.layers) == 6 + 10
+    randomise_gates(method, seed=6)
+    method.export(model, tmp_path)
+    loaded = PeftModel.from_pretrained(base, tmp_path / "peft_lora").eval()
+    x = {**batch(3), "decoder_input_ids": batch(4, length=5)["input_ids"]}
+    torch.testing.assert_close(loaded(**x).logits, model(**x).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_merge_gives_plain_linears_and_same_outputs():
     _, model, method = trained_like()
     x = batch(2)
@@ -320,3 +342,29 @@ def test_end_to_end_rte_writes_rank_pattern_and_budget_history(tmp_path, data_di
     assert (out / "peft_lora" / "adapter_model.safetensors").exists() and (out / "rank_heatmap.png").exists()
     state = load_file(out / "adapter" / "method_state.safetensors")
     assert state["history"].tolist() == r["budget_history"]
+
+
+@pytest.mark.slow
+def test_minilm_peft_export_reproduces_the_dev_metric(tmp_path, data_dir):
+    """Issue 3, "Done when": peft_lora/ on the pretrained MiniLM through plain PEFT gives the run's metric."""
+    from accelerate import Accelerator
+    from peft import PeftModel
+    from torch.utils.data import DataLoader
+
+    from dora.models import load_backbone
+    from dora.runner import validated
+    from tasks import build_task
+    from tests.helpers import compose, run_inprocess
+
+    args = ["task=rte", "method=dora", "model=minilm", f"data_dir={data_dir}", "trainer.max_steps=12"]
+    args += ["trainer.batch_size=8", "trainer.max_length=64", "task.splits.dev=dev:0:64"]
+    r = run_inprocess(tmp_path, *args)
+    c = validated(compose(*args))
+    task = build_task(c["task"], str(data_dir))
+    backbone = load_backbone(c["model"], task.head, task.num_labels)  # pretrained body, random head
+    model = PeftModel.from_pretrained(backbone.model, tmp_path / "run" / "peft_lora").eval()
+    dev = task.load(backbone.tokenizer, 64).evals["dev"]
+    loader = DataLoader(dev, 32, collate_fn=task.collator(backbone.tokenizer))
+    with torch.no_grad():
+        metrics = task.evaluate(model, loader, Accelerator(cpu=True), "dev")
+    assert metrics == r["metrics"]

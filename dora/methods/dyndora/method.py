@@ -50,6 +50,7 @@ class DynDoRAConfig(MethodConfig):
     """
 
     name: str = "dora"
+    title: str = "DynDoRA: Dynamic Rank Distribution (Mao et al., ACL 2024)"  # metadata for loggers only
     lr: float = 2e-3  # used only without trainer.lr or a recipe (Table 8: 8e-4 .. 5e-3)
     init_ratio: float = 1.5  # b(0)/b(T): r' = ceil(init_ratio·r)
     dem_coef: float = 0.1  # η, DEM weight (Table 8: 0.1/0.3/0.5 per task; 0 = "without DEM", Table 5)
