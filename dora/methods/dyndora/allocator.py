@@ -2,8 +2,8 @@
 
 Layers are grouped by shape so that scores and the DEM regulariser are a few batched ops per group
 (3 groups on roberta-base) instead of one op per component. Scores, EMA and masks stay on the device
-as (L, r') tensors (L = adapted matrices); the only host sync is none: event counts are kept as tensors
-and read when the history is asked for.
+as (L, r') tensors (L = adapted matrices), and the global k-th value is one ``kthvalue`` per event. No
+step forces a host sync: the active count of each event stays a device tensor until the history is read.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class RankAllocator:
             part = c.abs() * a.norm(dim=-1) * b.norm(dim=-2)  # (g, r')
             gram = (a @ a.mT) * (b.mT @ b)  # (g, r', r')
             total = torch.einsum("gi,gij,gj->g", c, gram, c).clamp_min(0).sqrt()  # ‖ΔW‖_F, (g,)
-            out[idx.to(out.device)] = part / (total + self.eps)[:, None]
+            out[idx] = part / (total + self.eps)[:, None]
         return out
 
     @staticmethod
@@ -119,7 +119,7 @@ class RankAllocator:
         self._follow_device()
         if step > self.schedule.last_step:
             if self.final_keep is not None:
-                self._mask(self.final_keep)
+                self._mask(self.final_keep)  # permanent: undo what the optimizer did to pruned gates
             return {"budget": self.target}
         self.ema.mul_(self.beta).add_(self.scores(), alpha=1 - self.beta)
         if self.schedule.is_event(step):
@@ -150,6 +150,7 @@ class RankAllocator:
         device = self.layers[0].lora_c.device
         if self.ema.device != device:
             self.ema = self.ema.to(device)
+            self.groups = [(idx.to(device), layers) for idx, layers in self.groups]
             if self.final_keep is not None:
                 self.final_keep = self.final_keep.to(device)
 
@@ -179,7 +180,8 @@ class RankAllocator:
                 f"DynDoRA state mismatch: keys {sorted(state)}, ema {tuple(state['ema'].shape) if 'ema' in state else None}; "
                 f"expected {sorted(expected)}, ema {tuple(self.ema.shape)}"
             )
-        device = self.layers[0].lora_c.device
+        self._follow_device()
+        device = self.ema.device
         self.ema = state["ema"].to(device=device, dtype=torch.float32).clone()
         self.final_keep = state["final_keep"].to(device).bool().clone() if bool(state["has_final"]) else None
         self.history = [(int(s), int(n)) for s, n in state["history"].tolist()]
