@@ -21,6 +21,7 @@ from transformers import (
     RobertaConfig,
 )
 
+from dora import hub
 from dora.config import ModelConfig
 from dora.errors import UserError
 
@@ -86,13 +87,19 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
     if not path:
         raise UserError("model.path is empty; give a hub id or a local model directory")
     local = os.path.isdir(path)
-    if not local and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise UserError(f"cannot fetch model {path!r}: HF_HUB_OFFLINE is set; {OFFLINE_HINT}")
+    if not local and not hub.offline_env() and not hub.reachable():
+        if not hub.cached_model(path):
+            raise UserError(
+                f"cannot load model {path!r}: the Hugging Face Hub is unreachable and it is not cached; {OFFLINE_HINT}"
+            )
+        kwargs = {**kwargs, "local_files_only": True}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=kwargs.get("local_files_only", False)
+        )
         model = AUTO_CLASSES[head].from_pretrained(path, **kwargs)
     except OSError as e:
-        where = "local directory" if local else "the Hugging Face Hub (unreachable or offline?)"
+        where = "local directory" if local else "the Hugging Face Hub or its local cache"
         raise UserError(
             f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {OFFLINE_HINT}"
         ) from e

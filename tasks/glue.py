@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding
 
+from dora import hub
 from dora.config import TaskConfig
 from dora.errors import UserError
 from tasks import TASKS, metrics
@@ -173,13 +174,19 @@ class Glue(Task):
 
         hub_id = self.cfg.hub_id or HUB_ID
         split = HUB_SPLITS.get(spec.name, spec.name) + spec.slice_suffix()
+        offline_hint = (
+            "offline: pass data_dir=PATH (a folder laid out like shared/data: glue/<Task>/<split>.tsv)"
+        )
+        if not hub.offline_env() and not hub.reachable():
+            raise UserError(
+                f"cannot load {hub_id}/{self.cfg.name}: the Hugging Face Hub is unreachable; {offline_hint}"
+            )
         try:
             ds = load_dataset(hub_id, self.cfg.name, split=split)
         except Exception as e:  # network, offline mode, unknown split: all end the run the same way
             raise UserError(
                 f"cannot load {hub_id}/{self.cfg.name} split {split!r} from the Hugging Face Hub "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline: pass data_dir=PATH "
-                "(a folder laid out like shared/data: glue/<Task>/<split>.tsv)"
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {offline_hint}"
             ) from e
         names = ["text_a", "text_b"][: len(self.spec.hub_text)]
         ds = ds.rename_columns(dict(zip(self.spec.hub_text, names, strict=True)) | {"label": "labels"})

@@ -33,3 +33,16 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
+
+
+def cli_inprocess(capsys, *args: str) -> tuple[int, str]:
+    """What ``python run.py ARGS`` does (preflight, compose, run), in this process: (exit code, stderr)."""
+    from dora.cli import preflight, run_job
+
+    try:
+        preflight(list(args))
+        cfg = compose(*args)
+        run_job(cfg, cfg.output_dir)
+    except SystemExit as e:
+        return int(e.code), capsys.readouterr().err
+    return 0, capsys.readouterr().err

@@ -1,0 +1,96 @@
+"""Every config group option composes; bad choices and fields fail with one line (exit 2)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from dora.cli import group_options
+from dora.config import CONFIG_DIR
+from dora.methods import METHODS
+from tasks import TASKS
+from tests.helpers import cli_inprocess, compose, run_cli
+
+TASK_NAMES, METHOD_NAMES, MODEL_NAMES = group_options("task"), group_options("method"), group_options("model")
+
+
+def test_every_registered_plugin_has_a_yaml_and_back():
+    assert set(METHOD_NAMES) == set(METHODS.names())
+    assert set(TASK_NAMES) == set(TASKS.names())
+
+
+def _check(cfg):
+    OmegaConf.resolve(cfg.trainer)
+    for group in ("model", "task", "method", "budget", "trainer", "logger"):
+        OmegaConf.to_object(cfg[group])  # runs every schema's __post_init__
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_each_task_composes_with_its_default_model(task):
+    cfg = compose(f"task={task}")
+    _check(cfg)
+    assert cfg.task.name == task
+    assert cfg.model.name == ("bart_base" if task == "xsum" else "roberta_base")
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_each_model_composes(model):
+    cfg = compose(f"model={model}", "task=rte")
+    _check(cfg)
+    assert cfg.model.name == model
+
+
+def _recipe_pairs():
+    stems = [p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml")]
+    return [(m, t) for m, t in itertools.product(METHOD_NAMES, TASK_NAMES) if f"{m}_{t}" in stems]
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_each_method_composes_with_both_budgets(method):
+    for budget, rank in (("low", 2), ("high", 8)):
+        cfg = compose(f"method={method}", f"budget={budget}", "task=rte")
+        _check(cfg)
+        assert (cfg.method.name, cfg.budget.rank) == (method, rank)
+
+
+@pytest.mark.parametrize(
+    ("method", "task"), _recipe_pairs() or [pytest.param(None, None, marks=pytest.mark.skip)]
+)
+def test_every_recipe_composes_and_the_command_line_wins(method, task):
+    cfg = compose(f"method={method}", f"task={task}")
+    _check(cfg)
+    assert compose(f"method={method}", f"task={task}", "trainer.lr=0.123").trainer.lr == 0.123
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_full_cross_product_composes(task):
+    for method, model in itertools.product(METHOD_NAMES, MODEL_NAMES):
+        _check(compose(f"task={task}", f"method={method}", f"model={model}"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["task=nosuch"], "unknown task 'nosuch'; valid: cola,"),
+        (["method=nosuch"], "unknown method 'nosuch'; valid: adalora, bitfit,"),
+        (["model=gpt9"], "unknown model 'gpt9'; valid: bart_base,"),
+        (["budget=medium"], "unknown budget 'medium'; valid: high, low"),
+        (["-m", "task=rte,nosuch"], "unknown task 'nosuch'"),
+        (["trainer.nosuch=1"], "unknown field 'trainer.nosuch'; valid: trainer.batch_size,"),
+        (["trainer.epochs=many"], "bad value for trainer.epochs"),
+        (["nosuch=1"], "unknown field 'nosuch'; valid: budget, data_dir,"),
+    ],
+)
+def test_bad_command_lines_fail_with_one_line(capsys, args, expected):
+    code, err = cli_inprocess(capsys, *args, "logger=none")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+
+
+def test_the_real_cli_refuses_an_unknown_task():
+    proc = run_cli("task=nosuch")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown task 'nosuch'; valid: " + ", ".join(TASK_NAMES)
