@@ -2,6 +2,16 @@
 (Mao et al., ACL 2024), as the authors' released code does it (spec: shared/reference/dyndora_spec.md).
 
 Not PEFT's ``use_dora`` (Weight-Decomposed LoRA, Liu et al. 2024), which is a different method.
+
+Where this departs from the released code (MIkumikumi0116/DoRA), deliberately:
+- pruning clock q = step − int(0.15·T) (spec §3); the code's int(step − 0.15·T) truncates toward zero
+  and gives two q = 0 steps when 0.15·T is fractional;
+- k = floor(N·(r'−r)/r'·(q/Q)³) in exact integers, so the last event always leaves N·r components;
+- b(0) = b(T) (init_ratio 1) prunes nothing (the code would still prune max(k, 1) = 1 per event);
+- T ≤ 2 (smoke runs): the clock starts at step 1 so that the final event happens;
+- DEM runs on the scores' clock, steps ≤ t_i + Q (≈ 0.5·T), exactly as the code's regularisation_loss.
+Paper variants: ``dem_norm=paper`` (R/n, Eq. 10); ``dem_coef=0`` (no DEM, Table 5); ``init_ratio``
+(Table 6).
 """
 
 from __future__ import annotations
@@ -106,19 +116,11 @@ class DynDoRA(Method):
             raise UserError(f"method=dora found no target linear layers for model family {info.family!r}")
         r = self.budget.rank
         self.r_init = initial_rank(cfg.init_ratio, r)
-        freeze_all_but(model, lambda name: False)
         self.names = [name for name, _ in targets]
         self.layers = inject(model, targets, self.r_init, cfg.alpha, cfg.dropout)
-        freeze_all_but(model, lambda name: ".lora_" in name or self.is_head(name))
-        sched = Schedule.build(
-            info.total_steps,
-            cfg.warmup_frac,
-            cfg.final_frac,
-            cfg.prune_interval,
-            len(targets),
-            self.r_init,
-            r,
-        )
+        freeze_all_but(model, lambda name: ".lora_" in name or self.is_head(name))  # A, B, c and the head
+        fracs = (cfg.warmup_frac, cfg.final_frac, cfg.prune_interval)
+        sched = Schedule.build(info.total_steps, *fracs, len(targets), self.r_init, r)
         self.allocator = RankAllocator(self.layers, sched, cfg.ema_beta, cfg.eps)
         log.info(
             "DynDoRA: %d matrices, r'=%d -> r=%d (%d -> %d components); T=%d, pruning steps %d..%d every %d",
