@@ -83,6 +83,7 @@ class Squad(Task):
         self.headline = f"{self.eval_splits[0]}/f1"
         self.fallback_note: str | None = None
         self.evalsets: dict[str, EvalSet] = {}
+        self.predictions: dict[str, dict] = {}  # eval split -> {question id (or window index): answer text}
 
     # -- data ---------------------------------------------------------------------------------
     def check_data(self) -> None:
@@ -180,18 +181,21 @@ class Squad(Task):
                 n = len(evalset.windows.offsets[w])  # drop the padding: (tokens,) logits
                 logits[w] = (s[:n], e[:n])
         model.train()
-        values = self.score(evalset, logits)
+        values = self.score(split, logits)
         return {f"{split}/{name}": v for name, v in values.items()}
 
-    def score(self, evalset: EvalSet, logits) -> dict[str, float]:
+    def score(self, split: str, logits) -> dict[str, float]:
         """Answers from window logits, then official scores under the harness's metric names."""
-        ex, win, version = evalset.examples, evalset.windows, self.cfg.version
+        evalset, version = self.evalsets[split], self.cfg.version
+        ex, win = evalset.examples, evalset.windows
         if self.cfg.protocol == "window":
             texts = postprocess.per_window(win, logits, ex.contexts, version, self.cfg)
             items = [(texts.get(w), ex.answers[win.example[w]]) for w in evalset.kept]
+            self.predictions[split] = texts
         else:
             texts = postprocess.per_question(win, logits, ex.contexts, version, self.cfg)
             items = list(zip(texts, ex.answers, strict=True))
+            self.predictions[split] = dict(zip(ex.ids, texts, strict=True))
         return harness_names(scoring.score(items, version))
 
 
