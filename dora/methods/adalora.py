@@ -81,7 +81,7 @@ class AdaLora(PeftMethod):
 
     @property
     def init_r(self) -> int:
-        return math.ceil(self.cfg.init_ratio * self.budget.rank)
+        return math.ceil(round(self.cfg.init_ratio * self.budget.rank, 9))  # 1.1 x 10 -> 11, not 12
 
     def schedule(self, total_steps: int) -> tuple[int, int]:
         """(t_init, t_final) in optimizer steps. tinit + tfinal < 1 (checked by the config) keeps
