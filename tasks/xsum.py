@@ -3,7 +3,7 @@
 Data: the hub (``EdinburghNLP/xsum``: train / validation / test) or ``<data_dir>/xsum/<split>.jsonl``
 with one ``{"document", "summary", "id"}`` object per line (the hub's field names). Documents are cut to
 ``max_length`` (768) tokens and summaries to ``target_length`` (64). Offline folders without a training
-file fall back to ``task.local_fallback`` (see tasks/local.py).
+file fall back to ``task.local_fallback`` (see tasks/sources.py).
 
 Evaluation: beam search (``num_beams`` 3, at most ``max_new_tokens`` 64), then ROUGE F-measures through
 rouge-score with the stemmer off, averaged over documents, in percent. Sentences of prediction and
@@ -30,7 +30,7 @@ from tasks import TASKS
 from tasks.base import Task, TaskData
 from tasks.collate import INDEX, KeepIndex
 from tasks.data import parse_split
-from tasks.local import LocalFiles, resolve_splits
+from tasks.sources import LocalFiles, hub_split, resolve_splits
 
 HUB_ID = "EdinburghNLP/xsum"
 ROUGE_TYPES = {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeLsum"}  # metric name -> rouge-score's
@@ -135,17 +135,7 @@ class Xsum(Task):
         return {"document": list(ds["document"]), "summary": list(ds["summary"])}
 
     def _hub_split(self, split: str):
-        from datasets import load_dataset
-
-        hub_id = self.cfg.hub_id or HUB_ID
-        try:
-            return load_dataset(hub_id, split=split)
-        except Exception as e:  # network, offline mode, unknown split: all end the run the same way
-            raise UserError(
-                f"cannot load {hub_id} split {split!r} from the Hugging Face Hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); offline: pass data_dir=PATH "
-                "(a folder laid out like shared/data: xsum/<split>.jsonl)"
-            ) from e
+        return hub_split(self.cfg.hub_id or HUB_ID, split, "xsum/<split>.jsonl")
 
     def load(self, tokenizer, max_length: int) -> TaskData:
         self.check_data()

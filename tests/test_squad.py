@@ -14,10 +14,11 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from dora import hub
 from dora.errors import UserError
 from dora.methods import METHODS
 from dora.models import byte_level_tokenizer
-from tasks.local import LocalFiles, resolve_splits
+from tasks.sources import LocalFiles, resolve_splits
 from tasks.squad import Squad, SquadConfig, harness_names, postprocess
 from tasks.squad.__main__ import main as cli_main
 from tasks.squad.features import Examples, Windows, make_windows
@@ -227,6 +228,17 @@ def test_local_fallback_only_when_train_file_is_missing(data_dir):
     assert resolve_splits("squad_v1", files, explicit, fallback) == (explicit, None)
     with pytest.raises(UserError, match=r"missing train file .*train-v1.1.json; files there: dev-v1.1"):
         resolve_splits("squad_v1", files, {"train": "train-v1.1", "dev": "dev-v1.1:0:50"}, fallback)
+
+
+def test_unreachable_hub_is_one_clear_error(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    cfg = SquadConfig(name="squad_v2", version=2, splits={"train": "train-v2.0", "dev": "dev-v2.0"})
+    with pytest.raises(
+        UserError, match=r"rajpurkar/squad_v2: the Hugging Face Hub is unreachable.*data_dir=PATH"
+    ):
+        Squad(cfg, None).examples("dev-v2.0")
 
 
 # -- end to end on tiny_roberta ------------------------------------------------------------------

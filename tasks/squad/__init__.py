@@ -3,7 +3,7 @@
 Data: the hub (``rajpurkar/squad``, ``rajpurkar/squad_v2``) or ``<data_dir>/squad/<split>.json`` in the
 official layout. Split names are the official file stems (``train-v1.1``, ``dev-v1.1``, ...); on the hub
 they map to ``train`` / ``validation``. Slices select questions in file order. Offline folders without a
-training file fall back to ``task.local_fallback`` (see tasks/local.py).
+training file fall back to ``task.local_fallback`` (see tasks/sources.py).
 
 Evaluation: windows -> logits -> answers (postprocess.py) -> official scores (scoring.py), reported as
 ``<split>/exact_match`` and ``<split>/f1`` for both versions, plus v2's ``HasAns_*`` / ``NoAns_*``.
@@ -25,7 +25,7 @@ from tasks import TASKS
 from tasks.base import Task, TaskData
 from tasks.collate import INDEX, KeepIndex
 from tasks.data import parse_split
-from tasks.local import LocalFiles, resolve_splits
+from tasks.sources import LocalFiles, hub_split, resolve_splits
 from tasks.squad import postprocess, scoring
 from tasks.squad.features import Examples, Windows, from_hub, make_windows, read_json
 
@@ -109,17 +109,8 @@ class Squad(Task):
         return from_hub(self._hub_split(HUB_SPLITS.get(spec.name, spec.name) + spec.slice_suffix()))
 
     def _hub_split(self, split: str):
-        from datasets import load_dataset
-
         hub_id = self.cfg.hub_id or ("rajpurkar/squad_v2" if self.cfg.version == 2 else "rajpurkar/squad")
-        try:
-            return load_dataset(hub_id, split=split)
-        except Exception as e:  # network, offline mode, unknown split: all end the run the same way
-            raise UserError(
-                f"cannot load {hub_id} split {split!r} from the Hugging Face Hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); offline: pass data_dir=PATH "
-                "(a folder laid out like shared/data: squad/<split>.json)"
-            ) from e
+        return hub_split(hub_id, split, "squad/<split>.json")
 
     def windows(self, tokenizer, ex: Examples, max_length: int) -> Windows:
         c = self.cfg

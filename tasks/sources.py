@@ -1,5 +1,5 @@
-"""Local data files of the non-GLUE tasks (``<data_dir>/squad/*.json``, ``<data_dir>/xsum/*.jsonl``) and
-the offline fallback used when a data folder holds no training file.
+"""Where the non-GLUE tasks read from: a hub split, or local files (``<data_dir>/squad/*.json``,
+``<data_dir>/xsum/*.jsonl``) with an offline fallback for data folders that hold no training file.
 
 shared/data has no SQuAD or XSum training split. A task may declare ``local_fallback`` splits that carve
 train and evaluation out of one local file (e.g. ``dev-v1.1::80%`` / ``dev-v1.1:80%:``); they replace the
@@ -19,10 +19,26 @@ import logging
 import os
 from dataclasses import dataclass
 
+from dora import hub
 from dora.errors import UserError
 from tasks.data import parse_split
 
 log = logging.getLogger("dora")
+
+
+def hub_split(hub_id: str, split: str, layout: str):
+    """``datasets.load_dataset(hub_id, split=split)``, or one error line naming the offline alternative
+    (``layout``: where the local files go, e.g. ``squad/<split>.json``)."""
+    from datasets import load_dataset
+
+    hint = f"offline: pass data_dir=PATH (a folder laid out like shared/data: {layout})"
+    if not hub.offline_env() and not hub.reachable():
+        raise UserError(f"cannot load {hub_id}: the Hugging Face Hub is unreachable; {hint}")
+    try:
+        return load_dataset(hub_id, split=split)
+    except Exception as e:  # network, offline mode, unknown split: all end the run the same way
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot load {hub_id} split {split!r} ({type(e).__name__}: {first}); {hint}") from e
 
 
 @dataclass(frozen=True)
