@@ -117,7 +117,7 @@ class Squad(Task):
         if c.doc_stride + c.max_question_length + 4 > max_length:  # <s> q </s></s> ctx </s>: 4 specials
             raise UserError(
                 f"task={c.name}: max_length={max_length} leaves no room for doc_stride={c.doc_stride} "
-                f"and max_question_length={c.max_question_length}; need max_length > stride + question + 4"
+                f"and max_question_length={c.max_question_length}; need max_length >= doc_stride + max_question_length + 4"
             )
         return make_windows(tokenizer, ex, max_length, c.doc_stride, c.max_question_length)
 
