@@ -1,0 +1,235 @@
+"""Run the grid behind a paper table or sweep: expand it, skip finished runs, launch it via Hydra multirun.
+
+    python scripts/grid.py table2 [--runs runs/paper] [--dry-run] [--jobs N] [--launcher L] [-- OVERRIDES...]
+
+A target names one or more experiment files (configs/experiment/*.yaml) whose grids are declared under
+``hydra.sweeper.params``. Each run's folder is ``<runs>/<hydra.job.override_dirname>`` (for example
+``runs/paper/budget=high,method=dora,seed=1,task=cola``), computed here with Hydra's own function, so the
+plan and the launched jobs agree, and runs shared by two tables (Table 5 "with DEM" is Table 2's DynDoRA
+1.33M row) have one folder. A run whose ``result.json`` exists is skipped, here and again in the job
+itself (scripts/grid_job.py), so an interrupted grid resumes where it stopped.
+
+``--dry-run`` lists the runs still to do, their count and a rough cost, and needs no launcher plugin.
+Launchers: ``basic`` (sequential), ``joblib`` (local processes; one GPU per run, assigned by the job),
+``submitit_slurm`` / ``submitit_local`` (pass ``hydra.launcher.*`` settings after ``--``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+# make target -> experiment files; a paper table whose rows are not one cartesian product is split in two
+TARGETS = {
+    "table2": ("table2_peft", "table2_ref"),
+    "table3": ("table3_peft", "table3_ref"),
+    "table4": ("table4_peft", "table4_ref"),
+    "table5": ("table5", "table5_dem"),
+    "table6": ("table6", "table6_default"),
+    "fig2": ("fig2", "fig2_table2"),
+    "sweep-budget": ("sweep_budget",),
+    "sweep-dem": ("sweep_dem",),
+}
+# Left out of run folder names: the experiment (so tables share runs) and keys that do not change results
+EXCLUDE_KEYS = ("experiment", "data_dir", "logger", "output_dir", "trainer.progress")
+
+# Cost model, deliberately rough: training tokens (batch x padded length x steps) at a throughput per
+# backbone measured-order-of-magnitude for one A100-class GPU in bf16; evaluation time is not counted.
+TOKENS_PER_S = {
+    "roberta_base": 40_000,
+    "roberta_large": 13_000,
+    "bart_base": 30_000,
+    "bart_large": 10_000,
+    "minilm": 150_000,
+    "tiny_roberta": 1_000_000,
+    "tiny_bart": 1_000_000,
+}
+# training examples: GLUE from the paper's Table 7; SQuAD v1.1 / v2.0 and XSum train split sizes
+NON_GLUE_TRAIN = {"squad_v1": 87_599, "squad_v2": 130_319, "xsum": 204_045}
+GLUE_CORPUS = {"RTE": "rte", "MRPC": "mrpc", "STS-B": "stsb", "CoLA": "cola", "SST-2": "sst2"}
+GLUE_CORPUS |= {"QNLI": "qnli", "QQP": "qqp", "MNLI": "mnli"}
+
+
+@dataclass
+class Run:
+    experiment: str
+    overrides: list[str]  # the job's command-line overrides, as Hydra's sweeper builds them
+    folder: Path
+    done: bool
+    cost_s: float  # rough GPU seconds
+
+
+# -- expanding a grid ---------------------------------------------------------------------------------
+def sweep_params(experiment: str) -> list[str]:
+    """The experiment's ``hydra.sweeper.params`` as override strings (``key=v1,v2``)."""
+    path = CONFIGS / "experiment" / f"{experiment}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"error: unknown experiment {experiment!r}; valid: {', '.join(known)}")
+    params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params") or {}
+    return [f"{k}={v}" for k, v in params.items()]
+
+
+def job_overrides(experiment: str, extra: list[str]) -> list[list[str]]:
+    """Every job of the experiment: the cartesian product Hydra's BasicSweeper forms; command-line
+    overrides come after the config's params and replace a param with the same key, as in Hydra."""
+    args = [f"experiment={experiment}", *sweep_params(experiment), *extra]
+    parsed = OverridesParser.create().parse_overrides(args)
+    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+
+
+def run_folder(runs: Path, overrides: list[str]) -> Path:
+    """``<runs>/<override_dirname>`` with the separators of configs/config.yaml."""
+    sep = _yaml(CONFIGS / "config.yaml")["hydra"]["job"]["config"]["override_dirname"]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    name = get_overrides_dirname(parsed, list(EXCLUDE_KEYS), item_sep=sep["item_sep"], kv_sep=sep["kv_sep"])
+    return runs / name
+
+
+def plan(target: str, runs: Path, extra: list[str]) -> list[Run]:
+    """The runs of a target, one per folder (a folder two experiments share is listed once)."""
+    if target not in TARGETS:
+        raise SystemExit(f"error: unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    job_extra = [o for o in extra if not o.startswith("hydra")]  # launcher settings are not job overrides
+    out: dict[Path, Run] = {}
+    for experiment in TARGETS[target]:
+        for overrides in job_overrides(experiment, job_extra):
+            folder = run_folder(runs, overrides)
+            if folder not in out:
+                done = (folder / "result.json").exists()
+                out[folder] = Run(experiment, overrides, folder, done, estimate_seconds(overrides))
+    return list(out.values())
+
+
+# -- cost estimate -------------------------------------------------------------------------------------
+@functools.cache
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
+
+
+@functools.cache
+def _train_examples(task: str) -> int:
+    with open(REPO / "results" / "paper" / "table7.csv") as f:
+        glue = {GLUE_CORPUS[row["corpus"]]: int(row["train"]) for row in csv.DictReader(f)}
+    return (glue | NON_GLUE_TRAIN).get(task, 10_000)
+
+
+def _setting(ov: dict, key: str, task: str, method: str, default):
+    """A trainer/task setting as composition would give it: override > recipe > group file > default."""
+    group, field = key.split(".")
+    if key in ov:
+        return ov[key]
+    recipe = _yaml(CONFIGS / "recipe" / f"{method}_{task}.yaml").get(group, {})
+    base = _yaml(CONFIGS / group / ("default.yaml" if group == "trainer" else f"{task}.yaml"))
+    return recipe.get(field, base.get(field, default))
+
+
+def estimate_seconds(overrides: list[str]) -> float:
+    """Rough GPU seconds of one run: steps x batch x padded length / backbone throughput."""
+    ov = dict(o.split("=", 1) for o in overrides)
+    task, method = ov.get("task", "rte"), ov.get("method", "full")
+    default_model = _yaml(CONFIGS / "model" / f"_for_{task}.yaml").get("defaults", ["roberta_base"])[0]
+    model = ov.get("model", default_model)
+    batch = int(_setting(ov, "trainer.batch_size", task, method, 16))
+    epochs = int(_setting(ov, "trainer.epochs", task, method, 3))
+    length = _setting(ov, "trainer.max_length", task, method, None)
+    length = int(length or _setting(ov, "task.max_length", task, method, 128))
+    steps = int(ov.get("trainer.max_steps", -1))
+    if steps <= 0:
+        steps = math.ceil(_train_examples(task) / batch) * epochs
+    return steps * batch * length / TOKENS_PER_S.get(model, 40_000)
+
+
+# -- launching -----------------------------------------------------------------------------------------
+def visible_gpus() -> list[str]:
+    """GPU ids runs may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; none on CPU."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def launcher_overrides(launcher: str, jobs: int) -> list[str]:
+    """Hydra overrides choosing the launcher; ``auto`` = joblib for parallel runs, basic otherwise."""
+    if launcher == "auto":
+        launcher = "joblib" if jobs > 1 else "basic"
+    if launcher == "joblib":
+        try:
+            import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+        except ImportError:
+            raise SystemExit(
+                "error: the joblib launcher is not installed; pip install hydra-joblib-launcher, "
+                "or run one at a time with JOBS=1"
+            ) from None
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+
+
+def launch(target: str, runs: Path, extra: list[str], launcher: str, jobs: int, per_gpu: int) -> int:
+    """One Hydra multirun per experiment file; finished runs return at once inside the job."""
+    exclude = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE_KEYS)}]"
+    env = {**os.environ, "DORA_RUNS_PER_GPU": str(per_gpu)}
+    rc = 0
+    for experiment in TARGETS[target]:
+        cmd = [sys.executable, str(REPO / "scripts" / "grid_job.py"), "-m", f"experiment={experiment}"]
+        cmd += [*extra, f"hydra.sweep.dir={runs.resolve()}", exclude, *launcher_overrides(launcher, jobs)]
+        print("+", " ".join(cmd), flush=True)
+        rc = rc or subprocess.run(cmd, cwd=REPO, env=env).returncode
+    return rc
+
+
+# -- command line --------------------------------------------------------------------------------------
+def report(target: str, runs: list[Run]) -> None:
+    todo = [r for r in runs if not r.done]
+    for r in todo:
+        print(f"  {r.folder}  [{r.experiment}, ~{r.cost_s / 3600:.2f} GPU-h]")
+    hours = sum(r.cost_s for r in todo) / 3600
+    print(
+        f"{target}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run; "
+        f"about {hours:,.1f} GPU-hours (rough: A100-class GPU, ~{TOKENS_PER_S['roberta_base']:,} "
+        "tokens/s for roberta-base, padded length, evaluation not counted)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("target", choices=list(TARGETS))
+    p.add_argument("--runs", type=Path, default=Path("runs/paper"), help="folder of run folders")
+    p.add_argument("--dry-run", action="store_true", help="list the runs to do; launch nothing")
+    p.add_argument("--launcher", default="auto", help="auto | basic | joblib | submitit_slurm | ...")
+    p.add_argument("--jobs", type=int, default=0, help="concurrent runs (0: GPUs x per-gpu, or 1)")
+    p.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU")
+    argv = sys.argv[1:] if argv is None else argv
+    # everything after "--" is Hydra overrides for every run (argparse mishandles them as positionals)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a, overrides = p.parse_args(argv[:cut]), argv[cut + 1 :]
+    runs = plan(a.target, a.runs, overrides)
+    report(a.target, runs)
+    if a.dry_run or all(r.done for r in runs):
+        return 0
+    jobs = a.jobs or max(1, len(visible_gpus()) * a.per_gpu)
+    return launch(a.target, a.runs, overrides, a.launcher, jobs, a.per_gpu)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""The paper's tables from a folder of runs: python scripts/make_tables.py --runs RUNS_DIR --out OUT_DIR
+
+A pure function of the folder. Every ``result.json`` below RUNS_DIR (any depth) with status "ok" is a
+run; it lands in a table cell when its model, task, method, budget and DynDoRA knobs match that cell
+(so one run can serve two tables: Table 5 "with DEM" is Table 2's DynDoRA 1.33M). Folders with
+``failure.json``, or with run bookkeeping (``.hydra``, ``checkpoints``, ...) but no result, are listed
+as failed / incomplete and never counted. A cell with no runs stays empty.
+
+Writes, for every paper table with at least one run: ``tableN.md``, ``tableN.csv``, ``tableN.tex``
+(ours as mean±std (n), the paper's number beside it, the difference; Avg as the paper computes it),
+one tidy ``cells.csv`` (both protocols) and ``runs.md`` (what was used, failed, incomplete, mixed).
+Protocol ``best``: the paper's (result["best"], the best epoch after pruning ends); ``last``: the
+final evaluation (result["metrics"]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PAPER = REPO / "results" / "paper"
+MNLI_AVG = "dev_m_mm/accuracy"  # the paper's MNLI column: mean of matched and mismatched accuracy
+PAPER_NAMES = {"full": "Full FT", "bitfit": "BitFit", "houlsby": "H-Adapter", "pfeiffer": "P-Adapter"}
+PAPER_NAMES |= {"lora": "LoRA", "adalora": "AdaLoRA", "dora": "DoRA"}
+ETA = "eta"  # knob value placeholder: paper Table 8's eta for the run's task
+CELL_COLUMNS = [
+    "table",
+    "task",
+    "method",
+    "budget",
+    "metric",
+    "protocol",
+    "n",
+    "mean",
+    "std",
+    "median",
+    "paper",
+]
+# run-folder bookkeeping that marks a folder as a run even before it has a result
+RUN_MARKERS = (".hydra", "checkpoints", "run.log", ".lock")
+
+
+# -- table specifications -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    task: str
+    metric: str  # "<split>/<metric>" in result.json, or MNLI_AVG
+    paper_col: str  # column of results/paper/tableN.csv, and of our tableN.csv
+    title: str  # header in tableN.md / .tex
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str  # "method" in cells.csv: the method, plus the varied knob for ablation rows
+    method: str
+    budget: str | None  # result["budget"]: low | high | None (full, bitfit)
+    knobs: tuple = ()  # ((config key, value or ETA), ...) the run's config must carry
+    title: str = ""  # row name as the paper prints it
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    model: str  # the paper's backbone; --model replaces it
+    columns: list[Column]
+    rows: list[Row]
+    paper_key: str  # first column of the paper CSV (row names, in our row order)
+    avg: bool = False  # Avg column = mean of the task columns (Table 2)
+
+
+DORA_DEFAULT = (("method.init_ratio", 1.5), ("method.dem_coef", ETA))  # Table 8 knobs, b(0)/b(T) = 1.5
+
+
+def _rows(methods: list[str], budgets=("high", "low")) -> list[Row]:
+    """Budgeted rows in the paper's order: every method at 1.33M, then every method at 0.33M."""
+    return [
+        Row(m, m, b, DORA_DEFAULT if m == "dora" else (), f"{PAPER_NAMES[m]} ({b})")
+        for b in budgets
+        for m in methods
+    ]
+
+
+def _unbudgeted(*methods: str) -> list[Row]:
+    return [Row(m, m, None, (), PAPER_NAMES[m]) for m in methods]
+
+
+GLUE = [
+    Column("rte", "dev/accuracy", "RTE_acc", "RTE"),
+    Column("mrpc", "dev/accuracy", "MRPC_acc", "MRPC"),
+    Column("stsb", "dev/pearson", "STSB_pearson", "STS-B"),
+    Column("cola", "dev/mcc", "CoLA_mcc", "CoLA"),
+    Column("sst2", "dev/accuracy", "SST2_acc", "SST-2"),
+    Column("qnli", "dev/accuracy", "QNLI_acc", "QNLI"),
+    Column("qqp", "dev/accuracy", "QQP_acc", "QQP"),
+    Column("mnli", MNLI_AVG, "MNLI_acc_avg_m_mm", "MNLI (m+mm)/2"),
+]
+ALL_PEFT = ["houlsby", "pfeiffer", "lora", "adalora", "dora"]
+TABLES = [
+    Table("table2", "RoBERTa-base on GLUE (dev)", "roberta_base", GLUE,
+          _unbudgeted("full", "bitfit") + _rows(ALL_PEFT), "method", avg=True),
+    Table("table3", "RoBERTa-base on SQuAD (dev, EM / F1)", "roberta_base",
+          [Column(t, f"dev/{m}", f"{t}_{c}", f"{name} {c.upper()}")
+           for t, name in (("squad_v1", "SQuAD v1.1"), ("squad_v2", "SQuAD v2.0"))
+           for m, c in (("exact_match", "em"), ("f1", "f1"))],
+          _unbudgeted("full", "bitfit") + _rows(ALL_PEFT), "method"),
+    Table("table4", "BART-base on XSum (dev, ROUGE-1/2/L)", "bart_base",
+          [Column("xsum", f"dev/{m}", m, f"XSum R-{m[5:]}") for m in ("rouge1", "rouge2", "rougeL")],
+          _unbudgeted("full") + _rows(["lora", "adalora", "dora"]), "method"),
+    Table("table5", "Effect of DEM (DynDoRA 1.33M, RoBERTa-base)", "roberta_base",
+          [GLUE[2], GLUE[3], GLUE[4]],
+          [Row("dora", "dora", "high", DORA_DEFAULT, "with DEM"),
+           Row("dora eta=0", "dora", "high", (("method.init_ratio", 1.5), ("method.dem_coef", 0.0)),
+               "without DEM (eta = 0)")], "setting"),
+    Table("table6", "Initial budget b(0) at b(T) = 2 (DynDoRA, RoBERTa-base)", "roberta_base",
+          [GLUE[1], GLUE[2], GLUE[4]],
+          [Row(f"dora b0={b0}", "dora", "low", (("method.init_ratio", b0 / 2), ("method.dem_coef", ETA)),
+               f"b(0) = {b0}") for b0 in (2, 3, 4, 6, 8)], "initial_budget"),
+]  # fmt: skip
+
+
+# -- reading the paper's numbers ----------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def paper_eta() -> dict[str, float]:
+    """Table 8's DEM coefficient per task (the recipes' default)."""
+    names = {"RTE": "rte", "MRPC": "mrpc", "STS-B": "stsb", "CoLA": "cola", "SST-2": "sst2"}
+    names |= {"QNLI": "qnli", "QQP": "qqp", "MNLI": "mnli"}
+    names |= {"SQuAD_v1": "squad_v1", "SQuAD_v2": "squad_v2", "XSum": "xsum"}
+    return {names[r["corpus"]]: float(r["reg_coef_eta"]) for r in read_csv(PAPER / "table8.csv")}
+
+
+def paper_rows(table: Table) -> list[dict]:
+    """The paper CSV's rows, aligned with ``table.rows`` (checked by method name where there is one)."""
+    rows = read_csv(PAPER / f"{table.name}.csv")
+    assert len(rows) == len(table.rows), f"{table.name}: {len(rows)} paper rows vs {len(table.rows)}"
+    for ours, theirs in zip(table.rows, rows, strict=True):
+        if table.paper_key == "method":
+            assert theirs["method"] == PAPER_NAMES[ours.method], (table.name, ours, theirs)
+    return rows
+
+
+# -- reading runs -------------------------------------------------------------------------------------
+@dataclass
+class Scan:
+    ok: list[dict] = field(default_factory=list)  # result.json contents, plus "_path"
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
+    incomplete: list[str] = field(default_factory=list)
+
+
+def scan(runs_dir: Path) -> Scan:
+    """Classify every run folder below ``runs_dir``: ok (result.json, status ok), failed, incomplete."""
+    s, seen = Scan(), set()
+    for path in sorted(runs_dir.rglob("result.json")):
+        seen.add(path.parent)
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            s.failed.append((str(path.parent), f"unreadable result.json ({type(e).__name__})"))
+            continue
+        if result.get("status") == "ok":
+            s.ok.append({**result, "_path": str(path.parent)})
+        else:
+            s.failed.append((str(path.parent), f"status {result.get('status')!r}"))
+    for path in sorted(runs_dir.rglob("failure.json")):
+        if path.parent not in seen:
+            seen.add(path.parent)
+            s.failed.append((str(path.parent), _failure_reason(path)))
+    for marker in RUN_MARKERS:
+        for path in sorted(runs_dir.rglob(marker)):
+            if path.parent not in seen:
+                seen.add(path.parent)
+                s.incomplete.append(str(path.parent))
+    return s
+
+
+def _failure_reason(path: Path) -> str:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "failure.json (unreadable)"
+    return f"{record.get('error', 'failed')} (step {record.get('step', '?')})"
+
+
+def cfg_get(result: dict, key: str):
+    node = result.get("config", {})
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def matches(result: dict, row: Row, task: str, model: str, eta: dict) -> bool:
+    if (result.get("model"), result.get("task"), result.get("method")) != (model, task, row.method):
+        return False
+    if result.get("budget") != row.budget:
+        return False
+    for key, want in row.knobs:
+        want, have = (eta.get(task) if want == ETA else want), cfg_get(result, key)
+        if want is None or have is None or not math.isclose(float(have), float(want)):
+            return False
+    return True
+
+
+def value(result: dict, metric: str, protocol: str) -> float | None:
+    """A run's number for a cell: result["best"] (protocol best) or result["metrics"] (last)."""
+    source = result.get("best" if protocol == "best" else "metrics") or {}
+    if metric == MNLI_AVG:
+        both = [source.get("dev_matched/accuracy"), source.get("dev_mismatched/accuracy")]
+        return None if None in both else sum(both) / 2
+    return source.get(metric)
+
+
+# -- aggregation --------------------------------------------------------------------------------------
+IGNORED_IN_SIGNATURE = ("seed", "output_dir", "logger", "trainer.progress", "trainer.num_workers")
+
+
+def signature(result: dict) -> str:
+    """The run's configuration minus what may differ between the seeds of one cell."""
+    flat = _flatten(result.get("config", {}))
+    keep = {
+        k: v
+        for k, v in flat.items()
+        if not any(k == i or k.startswith(i + ".") for i in IGNORED_IN_SIGNATURE)
+    }
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def stats(values: list[float]) -> dict:
+    n = len(values)
+    return {
+        "n": n,
+        "mean": statistics.fmean(values) if n else None,
+        "std": statistics.stdev(values) if n > 1 else None,  # one seed: no spread to report
+        "median": statistics.median(values) if n else None,
+    }
+
+
+@dataclass
+class Cell:
+    table: str
+    row: Row
+    column: Column | None  # None: the Avg column
+    protocol: str
+    stats: dict
+    paper: float | None
+    runs: list[dict]
+
+
+def table_cells(table: Table, runs: list[dict], model: str, protocol: str, eta: dict) -> list[Cell]:
+    cells = []
+    for row, paper in zip(table.rows, paper_rows(table), strict=True):
+        row_cells = []
+        for col in table.columns:
+            used = [r for r in runs if matches(r, row, col.task, model, eta)]
+            vals = [v for r in used if (v := value(r, col.metric, protocol)) is not None]
+            row_cells.append(
+                Cell(table.name, row, col, protocol, stats(vals), _num(paper[col.paper_col]), used)
+            )
+        if table.avg:
+            row_cells.append(_avg_cell(table, row, protocol, row_cells, _num(paper["Avg"])))
+        cells += row_cells
+    return cells
+
+
+def _avg_cell(table: Table, row: Row, protocol: str, cells: list[Cell], paper: float | None) -> Cell:
+    """The paper's Avg: the mean of the row's task columns (present only when every column is)."""
+    means = [c.stats["mean"] for c in cells]
+    s = {"n": min(c.stats["n"] for c in cells), "mean": None, "std": None, "median": None}
+    if None not in means:
+        s["mean"] = statistics.fmean(means)
+    return Cell(table.name, row, None, protocol, s, paper, [])
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def tidy(cells: list[Cell]) -> list[dict]:
+    """cells.csv rows (CELL_COLUMNS)."""
+    return [
+        {
+            "table": c.table,
+            "task": c.column.task if c.column else "avg",
+            "method": c.row.label,
+            "budget": c.row.budget or "",
+            "metric": c.column.metric if c.column else "avg",
+            "protocol": c.protocol,
+            **c.stats,
+            "paper": c.paper,
+        }
+        for c in cells
+    ]
+
+
+# -- layout: md, csv, tex -----------------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 2, signed: bool = False) -> str:
+    if x is None:
+        return ""
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def diff(c: Cell) -> float | None:
+    return None if c.stats["mean"] is None or c.paper is None else c.stats["mean"] - c.paper
+
+
+def ours(c: Cell) -> str:
+    if c.stats["mean"] is None:
+        return "—"
+    if c.column is None:  # Avg: a mean of means
+        return fmt(c.stats["mean"])
+    spread = f"±{fmt(c.stats['std'])}" if c.stats["std"] is not None else ""
+    return f"{fmt(c.stats['mean'])}{spread} ({c.stats['n']})"
+
+
+def header(table: Table, csv_names: bool = False) -> list[str]:
+    names = [c.paper_col if csv_names else c.title for c in table.columns]
+    return names + (["Avg"] if table.avg else [])
+
+
+def by_row(table: Table, cells: list[Cell]) -> list[tuple[Row, list[Cell]]]:
+    width = len(table.columns) + table.avg
+    return [(row, cells[i * width : (i + 1) * width]) for i, row in enumerate(table.rows)]
+
+
+def params_m(cells: list[Cell]) -> str:
+    """Our trainable budget (paper convention, result["params"]["budget"]) in millions."""
+    counts = [r["params"]["budget"] for c in cells for r in c.runs if r.get("params")]
+    if not counts:
+        return ""
+    mean = statistics.fmean(counts)
+    return f"{mean / 1e6:.2f}M" if mean >= 5e3 else f"{mean:.0f}"  # tiny test models: a plain count
+
+
+def write_md(table: Table, cells: list[Cell], protocol: str, path: Path) -> None:
+    lines = [
+        f"# {table.name}: {table.caption}",
+        "",
+        f"Ours: mean±std (n seeds), protocol `{protocol}`; below it the paper's number and ours − paper.",
+        "",
+        "| Method | Params (ours / paper) | " + " | ".join(header(table)) + " |",
+        "|---|---|" + "---|" * len(header(table)),
+    ]
+    papers = paper_rows(table)
+    for (row, row_cells), paper in zip(by_row(table, cells), papers, strict=True):
+        pp = paper.get("params", "")
+        texts = [
+            f"{ours(c)}<br>paper {fmt(c.paper)}, Δ {fmt(diff(c), signed=True) or '—'}" for c in row_cells
+        ]
+        lines.append(
+            f"| {row.title} | {params_m(row_cells) or '—'} / {pp or '—'} | " + " | ".join(texts) + " |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_wide_csv(table: Table, cells: list[Cell], path: Path) -> None:
+    names = header(table, csv_names=True)
+    fields = ["method", "budget", "row", "params_ours", "params_paper"]
+    fields += [f"{n}{s}" for n in names for s in ("", "_std", "_n", "_paper", "_diff")]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for (row, row_cells), paper in zip(by_row(table, cells), paper_rows(table), strict=True):
+            out = {"method": row.label, "budget": row.budget or "", "row": row.title}
+            out |= {"params_ours": params_m(row_cells), "params_paper": paper.get("params", "")}
+            for n, c in zip(names, row_cells, strict=True):
+                out |= {n: c.stats["mean"], f"{n}_std": c.stats["std"], f"{n}_n": c.stats["n"]}
+                out |= {f"{n}_paper": c.paper, f"{n}_diff": diff(c)}
+            w.writerow(out)
+
+
+def write_tex(table: Table, cells: list[Cell], protocol: str, path: Path) -> None:
+    """booktabs tabular; each cell: ours mean$\\pm$std (n) over the paper's number and the difference."""
+    names = [n.replace("_", r"\_") for n in header(table)]
+    lines = [
+        f"% {table.name}: {table.caption}; protocol {protocol}. Needs \\usepackage{{booktabs}}.",
+        r"\begin{tabular}{l" + "c" * len(names) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(names) + r" \\",
+        r"\midrule",
+    ]
+    for row, row_cells in by_row(table, cells):
+        texts = [_tex_cell(c) for c in row_cells]
+        lines.append(row.title.replace("_", r"\_") + " & " + " & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _tex_cell(c: Cell) -> str:
+    top = ours(c).replace("±", r"$\pm$").replace("—", "--")
+    bottom = f"{fmt(c.paper) or '--'} ({fmt(diff(c), signed=True) or '--'})"
+    return rf"\shortstack{{{top}\\ \scriptsize {bottom}}}"
+
+
+# -- the report and the command line ------------------------------------------------------------------
+def warnings(cells: list[Cell]) -> list[str]:
+    """Cells whose runs repeat a seed or differ in configuration beyond the seed (both are counted)."""
+    out = []
+    for c in cells:
+        seeds = [r.get("seed") for r in c.runs]
+        where = f"{c.table} {c.row.label} {c.row.budget or ''} {c.column.task}"
+        if len(set(seeds)) < len(seeds):
+            out.append(f"{where}: repeated seeds {sorted(seeds)}")
+        if len({signature(r) for r in c.runs}) > 1:
+            out.append(f"{where}: runs with different configurations (beyond the seed)")
+    return out
+
+
+def write_report(s: Scan, used: set[str], notes: list[str], path: Path) -> None:
+    unused = [r for r in s.ok if r["_path"] not in used]
+    lines = [
+        "# Runs behind these tables",
+        "",
+        f"- {len(s.ok)} completed runs, {len(used)} in at least one table cell, {len(unused)} in none "
+        "(another model, task, method or knob setting)",
+        f"- {len(s.failed)} failed, {len(s.incomplete)} incomplete (listed below, never counted)",
+        "",
+        "## Failed",
+        *[f"- `{p}`: {why}" for p, why in s.failed],
+        "",
+        "## Incomplete (running, killed, or never started)",
+        *[f"- `{p}`" for p in s.incomplete],
+        "",
+        "## Warnings",
+        *[f"- {n}" for n in notes],
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str = "best") -> Scan:
+    """Write every table with data, cells.csv and runs.md to ``out_dir``; returns the scan."""
+    s, eta = scan(runs_dir), paper_eta()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, used, notes = [], set(), []
+    for table in TABLES:
+        both = {p: table_cells(table, s.ok, model or table.model, p, eta) for p in ("best", "last")}
+        cells = both[protocol]
+        if not any(c.stats["n"] for c in cells if c.column):
+            continue
+        write_md(table, cells, protocol, out_dir / f"{table.name}.md")
+        write_wide_csv(table, cells, out_dir / f"{table.name}.csv")
+        write_tex(table, cells, protocol, out_dir / f"{table.name}.tex")
+        rows += tidy(both["best"]) + tidy(both["last"])
+        used |= {r["_path"] for c in cells for r in c.runs}
+        notes += warnings([c for c in cells if c.column])
+    with open(out_dir / "cells.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    write_report(s, used, notes, out_dir / "runs.md")
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, required=True, help="folder of run folders (any depth)")
+    p.add_argument("--out", type=Path, required=True, help="where the tables go")
+    p.add_argument(
+        "--model", default=None, help="count runs of this model (default: each table's paper backbone)"
+    )
+    p.add_argument("--protocol", choices=("best", "last"), default="best", help="protocol of tableN.*")
+    a = p.parse_args(argv)
+    if not a.runs.is_dir():
+        print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)
+        return 2
+    s = build(a.runs, a.out, a.model, a.protocol)
+    written = sorted(x.name for x in a.out.glob("table*.md"))
+    print(
+        f"{len(s.ok)} runs ok, {len(s.failed)} failed, {len(s.incomplete)} incomplete; "
+        f"wrote {', '.join(written) or 'no table (no matching runs)'} + cells.csv, runs.md in {a.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
