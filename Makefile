@@ -48,3 +48,64 @@ demo: install ## offline demo: real all-MiniLM-L6-v2 fine-tuned on a 4000-exampl
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf runs multirun outputs .pytest_cache .ruff_cache
+
+# ==== Paper tables, figures and sweeps (issue 6) =======================================================
+# Grids live in configs/experiment/*.yaml (hydra.sweeper.params, seeds 1-5); scripts/grid.py expands them,
+# skips runs whose result.json exists and launches the rest through Hydra multirun. Examples:
+#   make table2 DRY_RUN=1                        list the 480 runs and a rough cost; run nothing
+#   make table2 JOBS=8 PER_GPU=2                 joblib launcher, 2 runs per GPU on 4 GPUs
+#   make table2 LAUNCHER=submitit_slurm ARGS="hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1"
+#   make sweep-dem TASK=rte ARGS="model=tiny_roberta data_dir=../shared/data logger=none trainer.max_steps=10 seed=1,2"
+#   make tables MODEL=tiny_roberta               aggregate runs of another backbone
+RUNS ?= runs
+REPRO ?= results/reproduced
+TASK ?= mrpc
+ARGS ?=
+MODEL ?=
+JOBS ?= 0
+PER_GPU ?= 1
+LAUNCHER ?= auto
+DRY_RUN ?=
+GRID_OPTS = --jobs $(JOBS) --per-gpu $(PER_GPU) --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run)
+GRID = $(PY) scripts/grid.py --runs $(RUNS)/paper $(GRID_OPTS)
+THEN = $(if $(DRY_RUN),@true,$(MAKE) --no-print-directory)
+.PHONY: table2 table3 table4 table5 table6 fig2 tables figures sweep-budget sweep-dem
+
+table2: ## Table 2 grid: GLUE, 12 rows x 8 tasks x 5 seeds (480 runs), then `make tables`
+	$(GRID) table2 -- $(ARGS)
+	$(THEN) tables
+
+table3: ## Table 3 grid: SQuAD v1.1/v2.0, 12 rows x 5 seeds (120 runs), then `make tables`
+	$(GRID) table3 -- $(ARGS)
+	$(THEN) tables
+
+table4: ## Table 4 grid: XSum on BART-base, 7 rows x 5 seeds (35 runs), then `make tables`
+	$(GRID) table4 -- $(ARGS)
+	$(THEN) tables
+
+table5: ## Table 5 grid: DEM ablation (eta = Table 8 vs 0) on STS-B, CoLA, SST-2, then `make tables`
+	$(GRID) table5 -- $(ARGS)
+	$(THEN) tables
+
+table6: ## Table 6 grid: b(0) in 2,3,4,6,8 at b(T)=2 on MRPC, STS-B, SST-2, then `make tables`
+	$(GRID) table6 -- $(ARGS)
+	$(THEN) tables
+
+fig2: ## Figure 2 grid: rank distribution on SST-2 at b(T) in 2,4,8,16, then `make figures`
+	$(GRID) fig2 -- $(ARGS)
+	$(THEN) figures
+
+tables: ## aggregate RUNS= into REPRO= (tableN.md/.csv/.tex, cells.csv, runs.md); trains nothing
+	$(PY) scripts/make_tables.py --runs $(RUNS) --out $(REPRO) $(if $(MODEL),--model $(MODEL))
+
+figures: ## Figure 2 heatmaps, budget-vs-step and training curves from RUNS= into REPRO=/figures
+	$(PY) scripts/figures.py --runs $(RUNS) --out $(REPRO)/figures $(if $(MODEL),--model $(MODEL))
+
+sweep-budget: ## b(0)/b(T) sweep of DynDoRA on TASK= (default mrpc), 5 seeds, plot with error bars
+	$(PY) scripts/grid.py sweep-budget --runs $(RUNS)/sweep-budget $(GRID_OPTS) -- task=$(TASK) $(ARGS)
+	$(if $(DRY_RUN),@true,$(PY) scripts/figures.py sweep --runs $(RUNS)/sweep-budget --out $(REPRO)/sweeps --task $(TASK) --knob method.init_ratio)
+
+sweep-dem: ## DEM coefficient (eta) sweep of DynDoRA on TASK= (default mrpc), 5 seeds, plot with error bars
+	$(PY) scripts/grid.py sweep-dem --runs $(RUNS)/sweep-dem $(GRID_OPTS) -- task=$(TASK) $(ARGS)
+	$(if $(DRY_RUN),@true,$(PY) scripts/figures.py sweep --runs $(RUNS)/sweep-dem --out $(REPRO)/sweeps --task $(TASK) --knob method.dem_coef)
+# ==== end of issue 6 block ============================================================================
