@@ -236,3 +236,22 @@ def test_sweep_plot_has_one_point_per_knob_value_with_error_bars(runs, tmp_path)
     got = {float(p["x"]): (float(p["mean"]), p["n"]) for p in points}
     assert got == {0.0: (50.0, "1"), 0.3: (91.5, "2"), 1.0: (10.0, "1")}
     assert path.exists() and path.with_suffix(".pdf").exists()
+
+
+def test_default_dora_runs_land_in_the_tables():
+    """The recipes' eta is Table 8's, which is how the aggregator tells a paper-setting DynDoRA run."""
+    for task, eta in make_tables.paper_eta().items():
+        recipe = OmegaConf.load(REPO / "configs" / "recipe" / f"dora_{task}.yaml")
+        assert recipe.method.dem_coef == pytest.approx(eta), task
+
+
+def test_concurrent_grid_jobs_get_distinct_gpus(tmp_path, monkeypatch):
+    import grid_job
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("DORA_RUNS_PER_GPU", "1")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with grid_job.gpu_slot(tmp_path) as first, grid_job.gpu_slot(tmp_path) as second:
+        assert {first["CUDA_VISIBLE_DEVICES"], second["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
+    with grid_job.gpu_slot(tmp_path) as again:  # released on exit
+        assert again["CUDA_VISIBLE_DEVICES"] == "0"
