@@ -126,19 +126,21 @@ def _group_label(r: dict) -> str:
 
 
 def budget_curves(runs: list[dict], out: Path) -> list[str]:
-    """Average rank b(t) = active components / adapted matrices at each pruning event, mean over seeds."""
+    """Average rank b(t) = active components / adapted matrices, from b(0) at step 0 through every
+    pruning event (budget_history), mean over seeds."""
     rows = [
-        {
-            "task": r["task"],
-            "group": _group_label(r),
-            "step": step,
-            "avg_rank": active / len(r["rank_pattern"]),
-        }
+        {"task": r["task"], "group": _group_label(r), "step": step, "avg_rank": avg}
         for r in runs
         if r.get("budget_history") and r.get("rank_pattern")
-        for step, active in r["budget_history"]
+        for step, avg in _budget_points(r)
     ]
     return _plot_by_task(pd.DataFrame(rows), "avg_rank", "average rank b(t)", "budget", out, steps=True)
+
+
+def _budget_points(r: dict) -> list[tuple[int, float]]:
+    ratio, rank = cfg_get(r, "method.init_ratio"), cfg_get(r, "budget.rank")
+    start = [(0, math.ceil(round(ratio * rank, 9)))] if ratio and rank else []  # b(0) = ceil(ratio x r)
+    return start + [(step, active / len(r["rank_pattern"])) for step, active in r["budget_history"]]
 
 
 def training_curves(runs: list[dict], out: Path) -> list[str]:

@@ -255,3 +255,15 @@ def test_concurrent_grid_jobs_get_distinct_gpus(tmp_path, monkeypatch):
         assert {first["CUDA_VISIBLE_DEVICES"], second["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
     with grid_job.gpu_slot(tmp_path) as again:  # released on exit
         assert again["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_budget_curves_start_at_b0_and_follow_the_pruning_events(tmp_path):
+    run = {"task": "rte", "method": "dora", "budget": "low", "model": "tiny_roberta"}
+    run |= {
+        "config": {"method": {"init_ratio": 1.5}, "budget": {"rank": 2}},
+        "rank_pattern": dict.fromkeys("abcd", 2),
+    }
+    run["budget_history"] = [[3, 10], [10, 8]]
+    assert figures._budget_points(run) == [(0, 3), (3, 2.5), (10, 2.0)]  # average rank = active / 4 matrices
+    assert figures.budget_curves([run], tmp_path) == ["budget_rte"]
+    assert (tmp_path / "budget_rte.pdf").exists()
