@@ -117,6 +117,6 @@ def run_job(cfg: DictConfig, out_dir: str) -> None:
 
 def _remove_partial(out_dir: Path) -> None:
     """Remove a run folder holding only Hydra's bookkeeping: a refused run leaves nothing behind."""
-    ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb"}
+    ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb", ".lock"}
     if out_dir.is_dir() and all(p.name in ours for p in out_dir.iterdir()):
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -101,6 +101,10 @@ class TrainerConfig:
     cpu: bool = False  # force the CPU even when a GPU is present
     num_workers: int = 0
     progress: bool = True
+    # checkpoints (dora/checkpoint.py): every N optimizer steps (0: epoch ends only) and at every epoch
+    # end; the newest ``keep_checkpoints`` stay. Re-running with the same output_dir resumes exactly.
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
 
     def __post_init__(self):
         checks = {
@@ -116,6 +120,8 @@ class TrainerConfig:
             "lr": self.lr is None or self.lr > 0,
             "max_length": self.max_length is None or self.max_length > 0,
             "max_steps": self.max_steps == -1 or self.max_steps > 0,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "keep_checkpoints": self.keep_checkpoints >= 1,
         }
         for name, ok in checks.items():
             if not ok:

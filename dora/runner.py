@@ -4,25 +4,36 @@ The runner names no method and no task: it calls them only through their contrac
 (dora.methods.base.Method, tasks.base.Task). Order of one optimizer step (spec §5):
 forward -> loss = task + extra -> backward -> clip -> optimizer.step -> scheduler.step
 -> method.after_optimizer_step (gradients still there) -> zero_grad.
+
+Reliability (dora/checkpoint.py, dora/rundir.py): a checkpoint every ``trainer.checkpoint_every``
+optimizer steps and at every epoch end; re-running with the same ``output_dir`` resumes from the newest
+one, bit-identically on the CPU; a completed run is skipped; a run that raises leaves ``failure.json``;
+a non-finite loss stops the run at the step it happened, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from dora import checkpoint, rundir
+from dora.checkpoint import EpochShuffle
 from dora.errors import UserError, one_line
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
@@ -33,6 +44,50 @@ from tasks import Task, build_task
 log = logging.getLogger("dora")
 datasets.disable_progress_bars()  # tokenisation bars drown the training bar
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger")
+
+
+class Diverged(UserError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 1  # current epoch, from 1
+    batches: int = 0  # batches of this epoch already consumed by this process
+    samples: int = 0  # training examples seen by this process
+    wall_s: float = 0.0  # training + evaluation wall time of earlier segments (before a resume)
+    eval_s: float = 0.0
+    started: bool = False  # training began: a failure from here on leaves failure.json
+
+
+class LossMeter:
+    """Device-side sums (task loss, extra loss, micro-batches) since the last log, and the first optimizer
+    step whose loss or gradient norm was not finite. Nothing here syncs with the host; ``bad_step`` does,
+    and runs only at logs, evaluations and checkpoints."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, device=device)
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, loss: torch.Tensor, extra: torch.Tensor | None) -> None:
+        self.sums[0] += loss.detach()
+        self.sums[2] += 1
+        if extra is not None:
+            self.sums[1] += extra.detach()
+
+    def flag(self, step: int, grad_norm: torch.Tensor | None) -> None:
+        # NaN/inf in any micro-batch loss stays in the sums until the next log, which checks first
+        ok = torch.isfinite(self.sums).all()
+        if grad_norm is not None:
+            ok = ok & torch.isfinite(grad_norm)
+        fresh = (self.first_bad == 0) & ~ok
+        self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def bad_step(self) -> int:
+        return int(self.first_bad)
 
 
 @dataclass
@@ -48,12 +103,25 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     train_loader: DataLoader
+    sampler: EpochShuffle
     eval_loaders: dict[str, DataLoader]
     total_steps: int
     epochs: int
     tracker: object
     data_notes: dict
+    meter: LossMeter
+    progress: Progress = field(default_factory=Progress)
     history: list[dict] = field(default_factory=list)
+    scalars: dict = field(default_factory=dict)  # the method's latest after_optimizer_step scalars
+    last_checkpoint: Path | None = None
+    segment_t0: float = 0.0  # perf_counter at the start of this process's training
+
+    @property
+    def config(self) -> dict:
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
+    def wall_s(self) -> float:
+        return self.progress.wall_s + time.perf_counter() - self.segment_t0
 
 
 def validated(cfg: DictConfig) -> dict:
@@ -89,17 +157,15 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     if len(data.train) == 0:
         raise UserError(f"task={c['task'].name}: the training split {c['task'].splits['train']!r} is empty")
     collate = task.collator(backbone.tokenizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = accelerator.prepare(
-        DataLoader(
-            data.train,
-            trainer.batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            generator=generator,
-            num_workers=trainer.num_workers,
-        )
-    )
+    sampler = EpochShuffle(len(data.train), cfg.seed)
+
+    def loader(dataset, batch_size, **kw) -> DataLoader:
+        # own generator: creating an iterator then draws worker seeds from it, not from the global RNG
+        # that dropout uses, so resuming mid-epoch replays the same dropout masks
+        return DataLoader(dataset, batch_size, collate_fn=collate, num_workers=trainer.num_workers,
+                          generator=torch.Generator().manual_seed(cfg.seed), **kw)  # fmt: skip
+
+    train_loader = accelerator.prepare(loader(data.train, trainer.batch_size, sampler=sampler))
     # T = ceil(batches per process / grad_accum) x epochs, or max_steps (spec §3)
     steps_per_epoch = math.ceil(len(train_loader) / trainer.grad_accum)
     total_steps = trainer.max_steps if trainer.max_steps > 0 else steps_per_epoch * trainer.epochs
@@ -114,10 +180,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(trainer.warmup_ratio * total_steps), total_steps
     )
-    eval_loaders = {
-        name: DataLoader(ds, trainer.eval_batch_size, collate_fn=collate, num_workers=trainer.num_workers)
-        for name, ds in data.evals.items()
-    }
+    eval_loaders = {name: loader(ds, trainer.eval_batch_size) for name, ds in data.evals.items()}
     model, optimizer, scheduler, *evals = accelerator.prepare(
         model, optimizer, scheduler, *eval_loaders.values()
     )
@@ -127,109 +190,173 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         [task.cfg.name, method.cfg.name, c["model"].name], accelerator.is_main_process,
     )  # fmt: skip
     return Run(
-        cfg,
-        out_dir,
-        accelerator,
-        task,
-        method,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        eval_loaders,
-        total_steps,
-        epochs,
-        tracker,
-        data.notes,
-    )
+        cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
+        eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device),
+    )  # fmt: skip
 
 
-def evaluate(run: Run, epoch: int, step: int) -> dict:
-    metrics: dict[str, float] = {}
-    for split, loader in run.eval_loaders.items():
-        metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
-    entry = {"epoch": epoch, "step": step, **metrics}
-    run.history.append(entry)
-    run.tracker.log(metrics, step)
-    log.info("eval epoch %d step %d: %s", epoch, step, {k: round(v, 2) for k, v in metrics.items()})
-    return entry
-
-
+# -- training --------------------------------------------------------------------------------------
 def train(run: Run) -> dict:
-    """The training loop; returns timing. Evaluates after every epoch (and every eval_every steps)."""
-    acc, trainer = run.accelerator, run.cfg.trainer
-    bar = tqdm(
-        total=run.total_steps,
-        desc="train",
-        disable=not (acc.is_main_process and trainer.progress),
-        dynamic_ncols=True,
-    )
-    step, samples, eval_s, t0 = 0, 0, 0.0, time.perf_counter()
-    running = torch.zeros(
-        3, device=acc.device
-    )  # (task loss sum, extra loss sum, micro-batches) since the last log
+    """The training loop, from wherever ``run.progress`` stands; returns timing. Evaluates after every
+    epoch (and every eval_every steps); checkpoints every checkpoint_every steps and at epoch ends."""
+    p = run.progress
+    p.started, run.segment_t0 = True, time.perf_counter()
+    bar = tqdm(total=run.total_steps, initial=p.step, desc="train", dynamic_ncols=True,
+               disable=not (run.accelerator.is_main_process and run.cfg.trainer.progress))  # fmt: skip
     run.model.train()
-    for epoch in range(1, run.epochs + 1):
-        for batch in run.train_loader:
-            with acc.accumulate(run.model):
-                loss = run.model(**batch).loss
-                extra = run.method.extra_loss(acc.unwrap_model(run.model), step + 1)
-                acc.backward(loss if extra is None else loss + extra)
-                running[0] += loss.detach()
-                running[2] += 1
-                if extra is not None:
-                    running[1] += extra.detach()
-                samples += batch["input_ids"].shape[0]
-                if not acc.sync_gradients:
-                    continue
-                acc.clip_grad_norm_(run.model.parameters(), trainer.max_grad_norm)
-                run.optimizer.step()
-                run.scheduler.step()
-                step += 1
-                scalars = run.method.after_optimizer_step(step, run.total_steps)
-                run.optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-            if step % trainer.log_every == 0 or step == run.total_steps:
-                log_train(run, running, scalars, step, bar)
-            if trainer.eval_every and step % trainer.eval_every == 0 and step < run.total_steps:
-                eval_s += timed(evaluate, run, epoch, step)
-            if step >= run.total_steps:
+    for epoch in range(p.epoch, run.epochs + 1):
+        p.epoch = epoch
+        for batch in epoch_batches(run):
+            p.batches += 1
+            if micro_step(run, batch):
+                after_optimizer_step(run, bar)
+            if p.step >= run.total_steps:
                 break
-        if not run.history or run.history[-1]["step"] != step:
-            eval_s += timed(evaluate, run, epoch, step)
-        if step >= run.total_steps:
+        end_epoch(run)
+        if p.step >= run.total_steps:
             break
     bar.close()
-    train_s = time.perf_counter() - t0 - eval_s
+    train_s = run.wall_s() - p.eval_s
     return {
         "train_s": train_s,
-        "eval_s": eval_s,
-        "steps": step,
-        "samples_per_s": samples * acc.num_processes / max(train_s, 1e-9),
-        "peak_mem_mb": peak_memory_mb(acc.device),
+        "eval_s": p.eval_s,
+        "steps": p.step,
+        "samples_per_s": p.samples * run.accelerator.num_processes / max(train_s, 1e-9),
+        "peak_mem_mb": peak_memory_mb(run.accelerator.device),
     }
 
 
-def timed(fn, *args) -> float:
+def epoch_batches(run: Run):
+    """This epoch's batches in (seed, epoch) order, minus those a resumed run already consumed."""
+    run.sampler.epoch = run.progress.epoch
+    if run.progress.batches:
+        return run.accelerator.skip_first_batches(run.train_loader, run.progress.batches)
+    return run.train_loader
+
+
+def micro_step(run: Run, batch: dict) -> bool:
+    """Forward and backward of one micro-batch; on the last of an accumulation, the optimizer step and
+    the method's schedule. Returns whether an optimizer step happened."""
+    acc, p = run.accelerator, run.progress
+    with acc.accumulate(run.model):
+        loss = run.model(**batch).loss
+        extra = run.method.extra_loss(acc.unwrap_model(run.model), p.step + 1)
+        acc.backward(loss if extra is None else loss + extra)
+        run.meter.add(loss, extra)
+        p.samples += batch["input_ids"].shape[0]
+        if not acc.sync_gradients:
+            return False
+        grad_norm = acc.clip_grad_norm_(run.model.parameters(), run.cfg.trainer.max_grad_norm)
+        run.meter.flag(p.step + 1, grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        p.step += 1
+        run.scalars = run.method.after_optimizer_step(p.step, run.total_steps)
+        run.optimizer.zero_grad(set_to_none=True)
+    return True
+
+
+def after_optimizer_step(run: Run, bar) -> None:
+    """Log, evaluate, checkpoint, as due. A checkpoint on the epoch's last batch is left to end_epoch."""
+    p, trainer, last = run.progress, run.cfg.trainer, run.total_steps
+    bar.update(1)
+    if p.step % trainer.log_every == 0 or p.step == last:
+        log_train(run, bar)
+    if trainer.eval_every and p.step % trainer.eval_every == 0 and p.step < last:
+        evaluate(run)
+    epoch_end = run.accelerator.gradient_state.end_of_dataloader
+    if (
+        trainer.checkpoint_every
+        and p.step % trainer.checkpoint_every == 0
+        and p.step < last
+        and not epoch_end
+    ):
+        save_checkpoint(run)
+
+
+def end_epoch(run: Run) -> None:
+    """Evaluate (unless this step was just evaluated), then checkpoint at the start of the next epoch."""
+    p = run.progress
+    if not run.history or run.history[-1]["step"] != p.step:
+        evaluate(run)
+    p.epoch, p.batches = p.epoch + 1, 0
+    save_checkpoint(run)
+
+
+def evaluate(run: Run) -> dict:
+    check_finite(run)
     t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
+    metrics: dict[str, float] = {}
+    for split, loader in run.eval_loaders.items():
+        metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
+    entry = {"epoch": run.progress.epoch, "step": run.progress.step, **metrics}
+    run.history.append(entry)
+    run.tracker.log(metrics, run.progress.step)
+    log.info(
+        "eval epoch %d step %d: %s",
+        entry["epoch"],
+        entry["step"],
+        {k: round(v, 2) for k, v in metrics.items()},
+    )
+    run.progress.eval_s += time.perf_counter() - t
+    return entry
 
 
-def log_train(run: Run, running: torch.Tensor, scalars: dict, step: int, bar) -> None:
+def log_train(run: Run, bar) -> None:
     """One host sync per log interval: mean losses since the last log, lr, method scalars."""
-    task_loss, extra_loss = (running[:2] / running[2].clamp(min=1)).tolist()
-    running.zero_()
+    check_finite(run)
+    sums = run.meter.sums
+    task_loss, extra_loss = (sums[:2] / sums[2].clamp(min=1)).tolist()
+    sums.zero_()
     values = {
         "train/loss": task_loss,
         "train/extra_loss": extra_loss,
         "train/lr": run.scheduler.get_last_lr()[0],
     }
-    values.update({f"method/{k}": float(v) for k, v in scalars.items()})
-    run.tracker.log(values, step)
+    values.update({f"method/{k}": float(v) for k, v in run.scalars.items()})
+    run.tracker.log(values, run.progress.step)
     bar.set_postfix(loss=f"{task_loss:.4f}", refresh=False)
 
 
+def check_finite(run: Run) -> None:
+    """Stop at the first non-finite loss or gradient norm, before it can reach a checkpoint."""
+    bad = run.meter.bad_step()
+    if bad:
+        kept = run.last_checkpoint or "none (no checkpoint was written before it)"
+        raise Diverged(
+            f"the loss or gradient norm became NaN/inf at optimizer step {bad}; run stopped at step "
+            f"{run.progress.step}; last good checkpoint: {kept} (try a lower trainer.lr)"
+        )
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def save_checkpoint(run: Run) -> None:
+    check_finite(run)
+    state = {
+        "progress": asdict(run.progress) | {"wall_s": run.wall_s()},
+        "history": run.history,
+        "loss_sums": run.meter.sums.tolist(),  # float32 values: exact through JSON
+        "processes": run.accelerator.num_processes,
+        "config": run.config,
+    }
+    root, keep = run.out_dir / "checkpoints", run.cfg.trainer.keep_checkpoints
+    run.last_checkpoint = checkpoint.save(run, state, root, keep)
+
+
+def restore(run: Run) -> None:
+    """Continue from the newest complete checkpoint in the run folder, if any."""
+    folder = checkpoint.latest(run.out_dir / "checkpoints")
+    if folder is None:
+        return
+    state = checkpoint.restore(run, folder)
+    run.progress = Progress(**state["progress"])
+    run.history = state["history"]
+    run.meter.sums.copy_(torch.tensor(state["loss_sums"]))
+    run.last_checkpoint = folder
+    log.info("resuming from %s (optimizer step %d of %d)", folder, run.progress.step, run.total_steps)
+
+
+# -- outputs ---------------------------------------------------------------------------------------
 def best_entry(history: list[dict], headline: str, from_step: int) -> dict:
     """Paper protocol: the best headline among evaluations at or after ``from_step`` (the last
     evaluation, at step T, always qualifies)."""
@@ -237,14 +364,36 @@ def best_entry(history: list[dict], headline: str, from_step: int) -> dict:
     return max(eligible, key=lambda h: h[headline])
 
 
-def save_outputs(run: Run, timing: dict) -> dict:
+def trainable_state(run: Run) -> dict[str, torch.Tensor]:
+    model = run.accelerator.unwrap_model(run.model)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def ranks_agree(run: Run) -> dict:
+    """Every process must end with the same weights and method state (rank pattern, masks): compare
+    digests across processes and refuse to report a run whose ranks diverged."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return {"processes": 1}
+    digests = gather_object([digest(trainable_state(run) | run.method.state_dict())])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"processes ended with different weights or method state: {digests}")
+    return {"processes": acc.num_processes, "ranks_agree": True, "digest": digests[0]}
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     """Trainable weights + method state (safetensors), resolved config, then result.json last."""
     model = run.accelerator.unwrap_model(run.model)
     c = run.cfg
-    save_tensors(
-        run.out_dir / "adapter" / "trainable.safetensors",
-        {n: p for n, p in model.named_parameters() if p.requires_grad},
-    )
+    save_tensors(run.out_dir / "adapter" / "trainable.safetensors", trainable_state(run))
     state = run.method.state_dict()
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
@@ -257,7 +406,7 @@ def save_outputs(run: Run, timing: dict) -> dict:
         "seed": c.seed,
         "budget": run.method.budget_name,
         "status": "ok",
-        "config": OmegaConf.to_container(c, resolve=True),
+        "config": run.config,
         "headline": run.task.headline,
         "metrics": {k: v for k, v in run.history[-1].items() if k not in ("epoch", "step")},
         "best": {k: v for k, v in best.items() if k != "step"},
@@ -269,6 +418,7 @@ def save_outputs(run: Run, timing: dict) -> dict:
         },
         "timing": timing,
         "data": run.data_notes,
+        "distributed": distributed,
         "env": environment(str(run.accelerator.device)),
     }
     # optional hooks (design.md): rank allocation of dora / adalora, exports such as a PEFT adapter
@@ -283,23 +433,57 @@ def save_outputs(run: Run, timing: dict) -> dict:
         | {"best/" + k: v for k, v in result["best"].items()}
     )
     write_result(run.out_dir, result)
+    # complete: the checkpoints have served (adapter/ holds the final weights), a failure is history
+    shutil.rmtree(run.out_dir / "checkpoints", ignore_errors=True)
+    (run.out_dir / "failure.json").unlink(missing_ok=True)
     return result
 
 
+# -- one run ---------------------------------------------------------------------------------------
+def is_main_process() -> bool:
+    """Rank 0, read from the launcher's environment (torchrun / accelerate launch set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Train and evaluate one configuration; returns the result written to ``out_dir/result.json``."""
+    """Train and evaluate one configuration; returns the result written to ``out_dir/result.json``.
+
+    Skips a run whose result.json already exists (same configuration), resumes from the newest
+    checkpoint, and leaves failure.json when training raises."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    r = build(cfg, out_dir)
-    if r.task.data_notes().get("same_source"):
-        log.warning(
-            "train and evaluation splits come from one original split (%s): not comparable with official dev numbers",
-            r.task.data_notes()["same_source"],
-        )
+    rundir.ensure_writable(out_dir)
+    with rundir.exclusive(out_dir, enabled=is_main_process()):
+        done = rundir.completed(out_dir, OmegaConf.to_container(cfg, resolve=True))
+        if done is not None:
+            log.warning("%s/result.json exists: this run is complete, skipping it", out_dir)
+            return done
+        r = build(cfg, out_dir)
+        if r.task.data_notes().get("same_source"):
+            log.warning(
+                "train and evaluation splits come from one original split (%s): not comparable with official dev numbers",
+                r.task.data_notes()["same_source"],
+            )
+        with failure_record(r):
+            restore(r)
+            timing = train(r)
+            distributed = ranks_agree(r)
+            if not r.accelerator.is_main_process:
+                return {}
+            return save_outputs(r, timing, distributed)
+
+
+@contextmanager
+def failure_record(run: Run):
+    """On any error once training has started (or any non-input error before), write failure.json."""
     try:
-        timing = train(r)
-        if not r.accelerator.is_main_process:
-            return {}
-        return save_outputs(r, timing)
+        yield
+    except BaseException as e:
+        refused = isinstance(e, UserError) and not isinstance(e, Diverged) and not run.progress.started
+        if run.accelerator.is_main_process and not refused:
+            what = {k: run.cfg[k].name for k in ("task", "method", "model")} | {"seed": run.cfg.seed}
+            rundir.write_failure(
+                run.out_dir, e, run.progress.step, run.last_checkpoint, what | {"config": run.config}
+            )
+        raise
     finally:
-        r.tracker.finish()
+        run.tracker.finish()

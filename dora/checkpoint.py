@@ -1,0 +1,239 @@
+"""Checkpoints for exact resume: safetensors for tensors, JSON for everything else (never pickle).
+
+A checkpoint is one folder ``<output_dir>/checkpoints/step-<NNNNNN>/``::
+
+    trainable.safetensors        trainable weights (names of the unwrapped model)
+    method_state.safetensors     Method.state_dict() (DynDoRA EMA scores and masks, AdaLoRA allocator)
+    optimizer.safetensors        optimizer state tensors, keyed "<param index>.<name>"
+    optimizer.json               the rest of the optimizer state_dict (param groups), with an index
+    scheduler.json               the LR scheduler state_dict
+    rng-rank<R>.json             RNG states of process R (python, numpy, torch CPU and CUDA)
+    state.json                   progress, history, loss sums, resolved config; written last
+
+It is written into ``.tmp-step-<NNNNNN>`` and renamed into place, so a folder named ``step-*`` is always
+complete: a run killed while writing leaves only a temporary folder, which the next save removes.
+Data order needs no state beyond (epoch, batches consumed): ``EpochShuffle`` is a pure function of the
+seed and the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Sampler
+
+from dora.errors import UserError
+from dora.results import atomic_write_text, save_tensors
+from dora.rundir import refuse_other_config
+
+FORMAT = 1  # bump when the layout changes; older checkpoints are then refused, not misread
+PREFIX = "step-"
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation of ``n`` items per epoch, drawn from (seed, epoch) alone.
+
+    Resuming mid-epoch needs only the epoch and the number of batches already consumed, and every
+    process of a multi-process run draws the same order (Accelerate then deals out whole batches).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 1
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])  # independent stream per (seed, epoch)
+        return iter(rng.permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+# -- JSON with tuples (optimizer betas) and non-finite floats kept exact ---------------------------
+def _encode(value):
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if torch.is_tensor(value):
+        raise TypeError("tensors belong in safetensors, not JSON")
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_decode(v) for v in value["__tuple__"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write_text(path, json.dumps(_encode(value)) + "\n")  # floats round-trip exactly (repr)
+
+
+def read_json(path: Path):
+    return _decode(json.loads(path.read_text()))
+
+
+# -- optimizer and scheduler -------------------------------------------------------------------------
+def save_optimizer(optimizer, folder: Path) -> None:
+    """Tensors of ``optimizer.state_dict()["state"]`` to safetensors, the rest to JSON."""
+    sd = optimizer.state_dict()
+    tensors, state = {}, {}
+    for idx, entry in sd["state"].items():
+        state[str(idx)] = {}
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value
+                state[str(idx)][name] = {"__tensor__": f"{idx}.{name}"}
+            else:
+                state[str(idx)][name] = value
+    save_tensors(folder / "optimizer.safetensors", tensors)
+    write_json(folder / "optimizer.json", {"state": state, "param_groups": sd["param_groups"]})
+
+
+def load_optimizer(optimizer, folder: Path) -> None:
+    index = read_json(folder / "optimizer.json")
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state = {
+        int(idx): {
+            name: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v
+            for name, v in entry.items()
+        }
+        for idx, entry in index["state"].items()
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": index["param_groups"]})
+
+
+# -- RNG ---------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """Every generator a training step may draw from (dropout: torch; python/numpy for completeness)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# -- checkpoint folders ------------------------------------------------------------------------------
+def step_of(folder: Path) -> int:
+    return int(folder.name[len(PREFIX) :])
+
+
+def complete(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (a ``step-*`` folder with its state.json)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(PREFIX + "*") if p.name[len(PREFIX) :].isdigit()]
+    return sorted((p for p in found if (p / "state.json").is_file()), key=step_of)
+
+
+def latest(root: Path) -> Path | None:
+    found = complete(root)
+    return found[-1] if found else None
+
+
+def temp_folder(root: Path, step: int) -> Path:
+    """A clean temporary folder for the checkpoint of ``step`` (what a killed save left is removed)."""
+    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, keep: int) -> Path:
+    """fsync the files, rename the folder into place, drop all but the newest ``keep`` checkpoints."""
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    final = tmp.with_name(tmp.name[len(".tmp-") :])
+    shutil.rmtree(final, ignore_errors=True)  # only ever a stale copy of the same step
+    os.replace(tmp, final)
+    for old in complete(final.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# -- save and restore a run ------------------------------------------------------------------------
+# ``run`` is dora.runner.Run: accelerator, model, method, optimizer, scheduler, config.
+def save(run, state: dict, root: Path, keep: int) -> Path:
+    """Write one checkpoint of every process's state; returns its folder. All processes call this."""
+    acc = run.accelerator
+    tmp = root / f".tmp-{PREFIX}{state['progress']['step']:06d}"
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        temp_folder(root, state["progress"]["step"])
+    acc.wait_for_everyone()
+    write_json(tmp / f"rng-rank{acc.process_index}.json", rng_state())  # each process draws its own
+    final = tmp.with_name(tmp.name[len(".tmp-") :])
+    if acc.is_main_process:  # weights, optimizer and method state are identical on every process
+        model = acc.unwrap_model(run.model)
+        save_tensors(
+            tmp / "trainable.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad}
+        )
+        save_tensors(tmp / "method_state.safetensors", run.method.state_dict())
+        save_optimizer(run.optimizer, tmp)
+        write_json(tmp / "scheduler.json", run.scheduler.state_dict())
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_json(tmp / "state.json", {"format": FORMAT, **state})  # last: marks the folder complete
+        publish(tmp, keep)
+    acc.wait_for_everyone()
+    return final
+
+
+def restore(run, folder: Path) -> dict:
+    """Load a checkpoint into ``run`` (this process's RNG included); returns its state.json."""
+    state = read_json(folder / "state.json")
+    acc = run.accelerator
+    if state.get("format") != FORMAT:
+        raise UserError(f"checkpoint {folder} has format {state.get('format')}, this harness reads {FORMAT}")
+    refuse_other_config(run.out_dir, f"checkpoint {folder.name}", state["config"], run.config)
+    if state["processes"] != acc.num_processes:
+        raise UserError(
+            f"checkpoint {folder} was written by {state['processes']} processes; resume it with as many "
+            f"(this run has {acc.num_processes})"
+        )
+    load_trainable(acc.unwrap_model(run.model), folder / "trainable.safetensors")
+    method_state = load_file(str(folder / "method_state.safetensors"), device=str(acc.device))
+    run.method.load_state_dict(method_state)
+    load_optimizer(run.optimizer, folder)
+    run.scheduler.load_state_dict(read_json(folder / "scheduler.json"))
+    set_rng_state(read_json(folder / f"rng-rank{acc.process_index}.json"))
+    return state
+
+
+@torch.no_grad()
+def load_trainable(model: torch.nn.Module, path: Path) -> None:
+    saved = load_file(str(path))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        odd = sorted(set(saved) ^ set(params))[:3]
+        raise UserError(f"checkpoint {path.parent} does not match this model (e.g. {odd})")
+    for name, p in params.items():
+        p.copy_(saved[name])
