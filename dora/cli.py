@@ -6,6 +6,7 @@ command line once before Hydra does and turns any problem into ``error: <what> ;
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dora.config import CONFIG_DIR, GROUPS, register_configs
 from dora.errors import UserError, choices, one_line
+from dora.rundir import check_output_dir
 
 
 def fail(message: str, code: int = 2):
@@ -70,9 +72,36 @@ def preflight(argv: list[str]) -> None:
         if o.type != OverrideType.DEL and values:
             first.append(f"{_prefix(o.type)}{key}={values[0]}")
     try:
-        compose_config(first)
+        cfg = compose_config(first)
     except (HydraException, OmegaConfBaseException) as e:
         fail(explain(e, first))
+    if not multirun(argv):
+        check_single_run(cfg, explicit_output=any(o.key_or_group == "output_dir" for o in overrides))
+
+
+def multirun(argv: list[str]) -> bool:
+    return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
+
+
+def check_single_run(cfg: DictConfig, explicit_output: bool) -> None:
+    """Before Hydra creates the run folder: it must be creatable, and every process of a multi-process
+    launch (torchrun, accelerate launch) must name the same one (the default holds a timestamp)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not explicit_output:
+        fail(
+            "a multi-process run needs output_dir=PATH (the default folder name holds a per-process timestamp)"
+        )
+    try:
+        check_output_dir(cfg.output_dir)
+    except UserError as e:
+        fail(str(e))
+
+
+def process_overrides() -> list[str]:
+    """Hydra overrides for processes other than rank 0 of a multi-process launch: they write no
+    .hydra/ folder and no run.log; rank 0 alone writes logs and results."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return []
+    return ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
 def explain(error: Exception, overrides: list[str]) -> str:
@@ -106,11 +135,13 @@ def run_job(cfg: DictConfig, out_dir: str) -> None:
     """Hydra task body: run, and on bad input print one line, remove what the run created, exit 2."""
     from dora.runner import run
 
-    existed = Path(out_dir, "result.json").exists()
+    # a folder some run has used (its lock file or result is there) is never removed: it may be a
+    # concurrent run's, or hold checkpoints to resume
+    fresh = not any(Path(out_dir, name).exists() for name in (".lock", "result.json"))
     try:
         run(cfg, out_dir)
     except UserError as e:
-        if not existed:
+        if fresh:
             _remove_partial(Path(out_dir))
         fail(str(e))
 

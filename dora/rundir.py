@@ -32,6 +32,17 @@ NEUTRAL = (
 )
 
 
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse, without creating anything, an output_dir that cannot be created or written."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"output_dir={path} is not writable: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir={path} is not writable: no write permission on {existing}")
+
+
 def ensure_writable(out_dir: Path) -> None:
     """Create ``out_dir`` or say in one line why it cannot be a run folder."""
     try:
