@@ -7,7 +7,8 @@ A target names one or more experiment files (configs/experiment/*.yaml) whose gr
 ``runs/paper/budget=high,method=dora,seed=1,task=cola``), computed here with Hydra's own function, so the
 plan and the launched jobs agree, and runs shared by two tables (Table 5 "with DEM" is Table 2's DynDoRA
 1.33M row) have one folder. A run whose ``result.json`` exists is skipped, here and again in the job
-itself (scripts/grid_job.py), so an interrupted grid resumes where it stopped.
+itself (scripts/grid_job.py), so an interrupted grid resumes where it stopped. The experiment's params
+are passed on the command line too (command-line overrides of the same key win, as in Hydra).
 
 ``--dry-run`` lists the runs still to do, their count and a rough cost, and needs no launcher plugin.
 Launchers: ``basic`` (sequential), ``joblib`` (local processes; one GPU per run, assigned by the job),
@@ -21,7 +22,6 @@ import csv
 import functools
 import math
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -86,11 +86,19 @@ def sweep_params(experiment: str) -> list[str]:
     return [f"{k}={v}" for k, v in params.items()]
 
 
+def grid_args(experiment: str, extra: list[str]) -> list[str]:
+    """The experiment's sweep params, each replaced by a command-line override of the same key, as
+    Hydra's sweeper does. grid.py passes them all on the command line: Hydra composes the command line
+    once before sweeping, and a single-valued ``method.dem_coef=0`` only composes with ``method=dora``
+    beside it (a key of DynDoRA's schema)."""
+    merged = {o.split("=", 1)[0]: o for o in sweep_params(experiment)}
+    merged |= {o.split("=", 1)[0]: o for o in extra}
+    return [f"experiment={experiment}", *merged.values()]
+
+
 def job_overrides(experiment: str, extra: list[str]) -> list[list[str]]:
-    """Every job of the experiment: the cartesian product Hydra's BasicSweeper forms; command-line
-    overrides come after the config's params and replace a param with the same key, as in Hydra."""
-    args = [f"experiment={experiment}", *sweep_params(experiment), *extra]
-    parsed = OverridesParser.create().parse_overrides(args)
+    """Every job of the experiment: the cartesian product Hydra's BasicSweeper forms."""
+    parsed = OverridesParser.create().parse_overrides(grid_args(experiment, extra))
     return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
 
 
@@ -102,11 +110,17 @@ def run_folder(runs: Path, overrides: list[str]) -> Path:
     return runs / name
 
 
+def _split(extra: list[str]) -> tuple[list[str], list[str]]:
+    """(job overrides, Hydra's own settings such as hydra.launcher.* which name no run)."""
+    hydra_own = [o for o in extra if o.startswith("hydra")]
+    return [o for o in extra if o not in hydra_own], hydra_own
+
+
 def plan(target: str, runs: Path, extra: list[str]) -> list[Run]:
     """The runs of a target, one per folder (a folder two experiments share is listed once)."""
     if target not in TARGETS:
         raise SystemExit(f"error: unknown target {target!r}; valid: {', '.join(TARGETS)}")
-    job_extra = [o for o in extra if not o.startswith("hydra")]  # launcher settings are not job overrides
+    job_extra, _ = _split(extra)
     out: dict[Path, Run] = {}
     for experiment in TARGETS[target]:
         for overrides in job_overrides(experiment, job_extra):
@@ -157,18 +171,6 @@ def estimate_seconds(overrides: list[str]) -> float:
 
 
 # -- launching -----------------------------------------------------------------------------------------
-def visible_gpus() -> list[str]:
-    """GPU ids runs may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; none on CPU."""
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True
-    )
-    return out.stdout.split() if out.returncode == 0 else []
-
-
 def launcher_overrides(launcher: str, jobs: int) -> list[str]:
     """Hydra overrides choosing the launcher; ``auto`` = joblib for parallel runs, basic otherwise."""
     if launcher == "auto":
@@ -189,10 +191,16 @@ def launch(target: str, runs: Path, extra: list[str], launcher: str, jobs: int, 
     """One Hydra multirun per experiment file; finished runs return at once inside the job."""
     exclude = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE_KEYS)}]"
     env = {**os.environ, "DORA_RUNS_PER_GPU": str(per_gpu)}
+    job_extra, hydra_extra = _split(extra)
     rc = 0
     for experiment in TARGETS[target]:
-        cmd = [sys.executable, str(REPO / "scripts" / "grid_job.py"), "-m", f"experiment={experiment}"]
-        cmd += [*extra, f"hydra.sweep.dir={runs.resolve()}", exclude, *launcher_overrides(launcher, jobs)]
+        cmd = [sys.executable, str(REPO / "scripts" / "grid_job.py"), "-m", *grid_args(experiment, job_extra)]
+        cmd += [
+            *hydra_extra,
+            f"hydra.sweep.dir={runs.resolve()}",
+            exclude,
+            *launcher_overrides(launcher, jobs),
+        ]
         print("+", " ".join(cmd), flush=True)
         rc = rc or subprocess.run(cmd, cwd=REPO, env=env).returncode
     return rc
@@ -227,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     report(a.target, runs)
     if a.dry_run or all(r.done for r in runs):
         return 0
-    jobs = a.jobs or max(1, len(visible_gpus()) * a.per_gpu)
+    jobs = a.jobs
+    if not jobs:
+        from grid_job import visible_gpus  # imports the harness (torch): only when launching
+
+        jobs = max(1, len(visible_gpus()) * a.per_gpu)
     return launch(a.target, a.runs, overrides, a.launcher, jobs, a.per_gpu)
 
 

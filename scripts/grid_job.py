@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,13 +23,26 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from grid import REPO, visible_gpus  # noqa: E402  (scripts/ is on sys.path when run as a script)
-
+# Self-contained on purpose: launchers (submitit) unpickle this script's functions in processes where
+# scripts/ is not importable, so nothing here may come from scripts/grid.py.
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 from dora.config import register_configs  # noqa: E402
 
 register_configs()
 log = logging.getLogger("grid")
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids runs may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; none on CPU."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    return out.stdout.split() if out.returncode == 0 else []
 
 
 def _try_lock(path: Path):

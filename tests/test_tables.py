@@ -207,6 +207,14 @@ def test_command_line_overrides_replace_the_configs_sweep(tmp_path):
     )
 
 
+def test_grid_passes_the_sweep_on_the_command_line_so_single_knob_values_compose():
+    args = grid.grid_args("sweep_dem", ["task=rte", "method.dem_coef=0.0"])
+    assert args[:3] == ["experiment=sweep_dem", "method=dora", "budget=low"]
+    assert args.count("method.dem_coef=0.0") == 1 and "method.dem_coef=0.0,0.1,0.3,0.5,1.0,2.0" not in args
+    cfg = compose(*[a for a in args if "range(" not in a])  # what Hydra composes before sweeping
+    assert (cfg.method.name, cfg.method.dem_coef, cfg.task.name) == ("dora", 0.0, "rte")
+
+
 # -- figures ------------------------------------------------------------------------------------------
 def test_figure2_averages_rank_patterns_over_seeds(tmp_path):
     runs = []
