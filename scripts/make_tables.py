@@ -351,7 +351,7 @@ def params_m(cells: list[Cell]) -> str:
     return f"{mean / 1e6:.2f}M" if mean >= 5e3 else f"{mean:.0f}"  # tiny test models: a plain count
 
 
-def write_md(table: Table, cells: list[Cell], protocol: str, path: Path) -> None:
+def write_md(table: Table, cells: list[Cell], protocol: str, path: Path, footer: str = "") -> None:
     lines = [
         f"# {table.name}: {table.caption}",
         "",
@@ -369,7 +369,7 @@ def write_md(table: Table, cells: list[Cell], protocol: str, path: Path) -> None
         lines.append(
             f"| {row.title} | {params_m(row_cells) or '—'} / {pp or '—'} | " + " | ".join(texts) + " |"
         )
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join([*lines, "", footer]) + "\n")
 
 
 def write_wide_csv(table: Table, cells: list[Cell], path: Path) -> None:
@@ -456,7 +456,8 @@ def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str
         cells = both[protocol]
         if not any(c.stats["n"] for c in cells if c.column):
             continue
-        write_md(table, cells, protocol, out_dir / f"{table.name}.md")
+        footer = f"Failed runs: {len(s.failed)}, incomplete: {len(s.incomplete)} (not counted; see runs.md)."
+        write_md(table, cells, protocol, out_dir / f"{table.name}.md", footer)
         write_wide_csv(table, cells, out_dir / f"{table.name}.csv")
         write_tex(table, cells, protocol, out_dir / f"{table.name}.tex")
         rows += tidy(both["best"]) + tidy(both["last"])

@@ -156,6 +156,7 @@ def test_table2_md_shows_the_papers_value_beside_ours(tables):
     row = next(line for line in md.splitlines() if line.startswith("| LoRA (high)"))
     assert "82.00±2.00 (3)<br>paper 80.65, Δ +1.35" in row
     assert "1.33M / 1.33M" in row
+    assert "Failed runs: 1, incomplete: 1" in md
     wide = read_csv(tables / "table2.csv")
     assert wide[0]["method"] == "full" and float(wide[0]["MNLI_acc_avg_m_mm"]) == 87.5
     assert (tables / "table2.tex").read_text().count(r"\\") > 12
