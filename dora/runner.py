@@ -139,18 +139,28 @@ def mixed_precision(choice: str, cpu: bool) -> str:
     return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
 
 
+def make_accelerator(trainer) -> Accelerator:
+    # without CUDA, say cpu=True: only then does Accelerate join a torchrun launch as MULTI_CPU (gloo)
+    cpu = trainer.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(trainer.mixed_precision, cpu),
+        gradient_accumulation_steps=trainer.grad_accum,
+        cpu=cpu,
+        step_scheduler_with_optimizer=False,  # the schedule is defined in optimizer steps of one process
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:  # N independent copies would clobber one run folder
+        raise RuntimeError(f"launched {launched} processes but Accelerate joined {accelerator.num_processes}")
+    return accelerator
+
+
 def build(cfg: DictConfig, out_dir: Path) -> Run:
     c = validated(cfg)
     trainer = c["trainer"]
     task = build_task(c["task"], cfg.data_dir)
     task.check_data()  # before any download or model build
     method = build_method(c["method"], c["budget"])
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision(trainer.mixed_precision, trainer.cpu),
-        gradient_accumulation_steps=trainer.grad_accum,
-        cpu=trainer.cpu,
-        step_scheduler_with_optimizer=False,  # the schedule is defined in optimizer steps of one process
-    )
+    accelerator = make_accelerator(trainer)
     set_seed(cfg.seed)
     backbone = load_backbone(c["model"], task.head, task.num_labels)
     data = task.load(backbone.tokenizer, trainer.max_length or c["task"].max_length)
@@ -385,7 +395,9 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())
-        h.update(tensors[name].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(
+            tensors[name].detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        )
     return h.hexdigest()[:16]
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from dora import checkpoint, runner
 from dora.errors import UserError
-from dora.methods import METHODS
+from dora.methods import METHODS, Method
 from tests.helpers import REPO, compose
 
 # 64 examples / batch 8 = 8 batches per epoch: epochs end at steps 8 and 16 of T = 20
@@ -83,7 +83,14 @@ def assert_same_run(a: Path, b: Path) -> None:
             assert all(torch.equal(ta[k], tb[k]) for k in ta), name
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+def _methods():
+    """Every registered method; those with schedule state (DynDoRA, AdaLoRA) in the default run, the
+    stateless ones (same checkpoint path, weights and optimizer only) marked slow."""
+    stateful = {n for n in METHODS.names() if METHODS.get(n).cls.state_dict is not Method.state_dict}
+    return [pytest.param(n, marks=() if n in stateful else pytest.mark.slow) for n in METHODS.names()]
+
+
+@pytest.mark.parametrize("method", _methods())
 def test_interrupted_twice_then_resumed_equals_uninterrupted(tmp_path, data_dir, monkeypatch, method):
     """Kill at step 7 (resume from the mid-epoch checkpoint at 6, mid-pruning) and at step 9 (resume
     from the epoch-end checkpoint at 8): the result and the weights equal an uninterrupted run's."""
