@@ -230,3 +230,12 @@ def test_sigkill_after_a_checkpoint_then_rerun_equals_uninterrupted(tmp_path, da
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming from {out / 'checkpoints'}/step-{killed_at:06d}" in (out / "run.log").read_text()
     assert_same_run(ref, out)
+
+
+def test_resume_mid_epoch_with_gradient_accumulation(tmp_path, data_dir, monkeypatch):
+    """grad_accum=2: 4 optimizer steps per epoch; killed at 7, resumed from step 6 (4 micro-batches
+    into epoch 2), the accumulation restarts on the same boundary."""
+    extra = ("trainer.grad_accum=2", "trainer.max_steps=10")
+    ref = run_dir(tmp_path, "ref", "dora", data_dir, *extra)
+    resumed = run_dir(tmp_path, "resumed", "dora", data_dir, *extra, kill_at=(7,), monkeypatch=monkeypatch)
+    assert_same_run(ref, resumed)
