@@ -47,7 +47,8 @@ TARGETS = {
     "sweep-dem": ("sweep_dem",),
 }
 # Left out of run folder names: the experiment (so tables share runs) and keys that do not change results
-EXCLUDE_KEYS = ("experiment", "data_dir", "logger", "output_dir", "trainer.progress")
+# Run-folder names leave out the same keys as a plain `python run.py -m` (configs/config.yaml)
+EXCLUDE_KEYS = tuple(OmegaConf.load(CONFIGS / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
 
 # Cost model, deliberately rough: training tokens (batch x padded length x steps) at a throughput per
 # backbone measured-order-of-magnitude for one A100-class GPU in bf16; evaluation time is not counted.
