@@ -48,10 +48,15 @@ class DynDoRALinear(nn.Module):
         return self.base_layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y = self.base_layer(x)  # (..., d_out)
         h = F.linear(self.dropout(x), self.lora_A)  # (..., r')
-        h = (h * self.lora_c).to(h.dtype)  # gates are fp32; stay in the compute dtype (autocast)
-        return y + (F.linear(h, self.lora_B) * self.scaling).to(y.dtype)
+        # Gates and α/r' are folded into B, a (d_out, r') op, instead of two elementwise passes over
+        # the (..., r') and (..., d_out) activations; the gate product is cast to B's dtype so a bf16
+        # model stays bf16 (c is fp32).
+        b = self.lora_B * (self.lora_c * self.scaling).to(self.lora_B.dtype)  # (d_out, r')
+        # y + h·bᵀ as one GEMM accumulating into y (beta = 1): no separate add over (..., d_out).
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]).to(y.dtype), b.T.to(y.dtype))
+        return out.view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = (α/r')·B·diag(c)·A in fp32, shape (d_out, d_in)."""
