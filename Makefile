@@ -109,3 +109,10 @@ sweep-dem: ## DEM coefficient (eta) sweep of DynDoRA on TASK= (default mrpc), 5 
 	$(PY) scripts/grid.py sweep-dem --runs $(RUNS)/sweep-dem $(GRID_OPTS) -- task=$(TASK) $(ARGS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/figures.py sweep --runs $(RUNS)/sweep-dem --out $(REPRO)/sweeps --task $(TASK) --knob method.dem_coef)
 # ==== end of issue 6 block ============================================================================
+
+# -- benchmark (scripts/bench.py): all methods in one process, interleaved, medians ----------------
+# e.g. make bench BENCH_ARGS="--methods lora,dora --steps 20 --threads 2"
+BENCH_ARGS ?=
+.PHONY: bench
+bench: install ## step time, samples/s, peak memory of every method vs LoRA -> results/bench/<device>.json
+	$(PY) scripts/bench.py $(BENCH_ARGS)
