@@ -47,3 +47,15 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core CPU: one intra-op thread is faster than two competing ones
+    (about 3x here) and keeps CPU results bit-reproducible across runs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from dora import rundir
 from tests.helpers import cli_inprocess
@@ -37,13 +36,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny runs: one intra-op thread is faster than two competing ones on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_refused(code: int, err: str, expected: str, out) -> None:

@@ -25,14 +25,7 @@ from tasks.squad.features import Examples, Windows, make_windows
 from tasks.squad.scoring import normalize_answer, score, score_one, score_predictions
 from tests.helpers import REPO, run_inprocess
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared CPU: intra-op threads cost more than they save (3x faster with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- scorer: hand-worked cases ----------------------------------------------------------------------

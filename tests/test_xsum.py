@@ -17,14 +17,7 @@ from dora.models import adapted_linears, byte_level_tokenizer, load_backbone
 from tasks.xsum import Xsum, XsumConfig, read_jsonl, rouge, split_sentences
 from tests.helpers import compose, run_inprocess
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared CPU: intra-op threads cost more than they save (3x faster with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rouge_hand_values():
