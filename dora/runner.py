@@ -433,7 +433,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "distributed": distributed,
         "env": environment(str(run.accelerator.device)),
     }
-    # optional hooks (design.md): rank allocation of dora / adalora, exports such as a PEFT adapter
+    # optional hooks (design.md): rank allocation of adaptive methods, exports such as a PEFT adapter
     if hasattr(run.method, "rank_pattern"):
         result["rank_pattern"] = run.method.rank_pattern(model)
     if hasattr(run.method, "budget_history"):
