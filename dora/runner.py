@@ -41,7 +41,7 @@ from dora.results import environment, peak_memory_mb, save_tensors, write_result
 from dora.tracking import make_tracker
 from tasks import Task, build_task
 
-log = logging.getLogger("dora")
+log = logging.getLogger(__name__)
 datasets.disable_progress_bars()  # tokenisation bars drown the training bar
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger")
 

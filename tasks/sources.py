@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from dora import hub
 from dora.errors import UserError
+from tasks.base import Task
 from tasks.data import parse_split
 
-log = logging.getLogger("dora")
+log = logging.getLogger(__name__)
 
 
 def hub_split(hub_id: str, split: str, layout: str):
@@ -98,3 +99,31 @@ def _missing(task: str, files: LocalFiles, canonical: str, spec: str, fallback: 
     where = f"files there: {', '.join(have)}" if have else f"no {files.ext} files there"
     example = " ".join(f"task.splits.{c}={s}" for c, s in fallback.items()) or f"task.splits.{canonical}=NAME"
     return f"task={task}: missing {canonical} file {files.path(parse_split(spec).name)}; {where} (e.g. {example})"
+
+
+class LocalFileTask(Task):
+    """A task whose local data is ``<data_dir>/<local_folder>/<split><local_ext>`` with an optional
+    ``task.local_fallback`` (train and evaluation carved out of one file when there is no train file)."""
+
+    local_folder = ""
+    local_ext = ""
+
+    def __init__(self, cfg, data_dir):
+        super().__init__(cfg, data_dir)
+        self.fallback_note: str | None = None
+
+    def local_files(self) -> LocalFiles:
+        return LocalFiles(self.data_dir, self.local_folder, self.local_ext)
+
+    def check_data(self) -> None:
+        if self.data_dir is None or self.fallback_note is not None:
+            return
+        self.cfg.splits, self.fallback_note = resolve_splits(
+            self.cfg.name, self.local_files(), dict(self.cfg.splits), dict(self.cfg.local_fallback)
+        )
+
+    def data_notes(self) -> dict:
+        notes = super().data_notes()
+        if self.fallback_note:
+            notes["fallback"] = self.fallback_note
+        return notes

@@ -27,10 +27,10 @@ from transformers import DataCollatorForSeq2Seq
 from dora.config import TaskConfig
 from dora.errors import UserError
 from tasks import TASKS
-from tasks.base import Task, TaskData
+from tasks.base import TaskData
 from tasks.collate import INDEX, KeepIndex
 from tasks.data import parse_split
-from tasks.sources import LocalFiles, hub_split, resolve_splits
+from tasks.sources import LocalFileTask, hub_split
 
 HUB_ID = "EdinburghNLP/xsum"
 ROUGE_TYPES = {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeLsum"}  # metric name -> rouge-score's
@@ -95,40 +95,29 @@ def read_jsonl(path: str) -> dict[str, list[str]]:
     return out
 
 
-class Xsum(Task):
+class Xsum(LocalFileTask):
     head = "seq2seq"
     num_labels = 0
+    local_folder, local_ext = "xsum", ".jsonl"
 
     def __init__(self, cfg: XsumConfig, data_dir: str | None):
         super().__init__(cfg, data_dir)
         self.headline = f"{self.eval_splits[0]}/rougeL"
-        self.fallback_note: str | None = None
         self.references: dict[str, list[str]] = {}  # eval split -> gold summaries (untruncated)
         self.predictions: dict[str, list[str]] = {}  # eval split -> summaries of the last evaluation
         self.tokenizer = None
 
     # -- data ---------------------------------------------------------------------------------
-    def check_data(self) -> None:
-        if self.data_dir is None or self.fallback_note is not None:
-            return
-        files = LocalFiles(self.data_dir, "xsum", ".jsonl")
-        splits, self.fallback_note = resolve_splits(
-            self.cfg.name, files, dict(self.cfg.splits), dict(self.cfg.local_fallback)
-        )
-        self.cfg.splits = splits
-
     def data_notes(self) -> dict:
         notes = super().data_notes()
         if self.cfg.predict_limit:
             notes["predict_limit"] = self.cfg.predict_limit
-        if self.fallback_note:
-            notes["fallback"] = self.fallback_note
         return notes
 
     def raw_split(self, spec_str: str) -> dict[str, list[str]]:
         spec = parse_split(spec_str)
         if self.data_dir is not None:
-            cols = read_jsonl(LocalFiles(self.data_dir, "xsum", ".jsonl").path(spec.name))
+            cols = read_jsonl(self.local_files().path(spec.name))
             lo, hi = spec.bounds(len(cols["document"]))
             return {k: v[lo:hi] for k, v in cols.items()}
         ds = self._hub_split(spec.name + spec.slice_suffix())

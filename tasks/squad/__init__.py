@@ -22,10 +22,10 @@ from transformers import DataCollatorWithPadding
 from dora.config import TaskConfig
 from dora.errors import UserError
 from tasks import TASKS
-from tasks.base import Task, TaskData
+from tasks.base import TaskData
 from tasks.collate import INDEX, KeepIndex
 from tasks.data import parse_split
-from tasks.sources import LocalFiles, hub_split, resolve_splits
+from tasks.sources import LocalFileTask, hub_split
 from tasks.squad import postprocess, scoring
 from tasks.squad.features import Examples, Windows, from_hub, make_windows, read_json
 
@@ -74,37 +74,25 @@ class EvalSet:
     kept: list[int]  # windows fed to the model, in dataset order
 
 
-class Squad(Task):
+class Squad(LocalFileTask):
     head = "qa"
     num_labels = 2
+    local_folder, local_ext = "squad", ".json"
 
     def __init__(self, cfg: SquadConfig, data_dir: str | None):
         super().__init__(cfg, data_dir)
         self.headline = f"{self.eval_splits[0]}/f1"
-        self.fallback_note: str | None = None
         self.evalsets: dict[str, EvalSet] = {}
         self.predictions: dict[str, dict] = {}  # eval split -> {question id (or window index): answer text}
 
     # -- data ---------------------------------------------------------------------------------
-    def check_data(self) -> None:
-        if self.data_dir is None or self.fallback_note is not None:
-            return
-        files = LocalFiles(self.data_dir, "squad", ".json")
-        splits, self.fallback_note = resolve_splits(
-            self.cfg.name, files, dict(self.cfg.splits), dict(self.cfg.local_fallback)
-        )
-        self.cfg.splits = splits
-
     def data_notes(self) -> dict:
-        notes = super().data_notes() | {"protocol": self.cfg.protocol}
-        if self.fallback_note:
-            notes["fallback"] = self.fallback_note
-        return notes
+        return super().data_notes() | {"protocol": self.cfg.protocol}
 
     def examples(self, spec_str: str) -> Examples:
         spec = parse_split(spec_str)
         if self.data_dir is not None:
-            ex = read_json(LocalFiles(self.data_dir, "squad", ".json").path(spec.name))
+            ex = read_json(self.local_files().path(spec.name))
             return ex.slice(*spec.bounds(len(ex)))
         return from_hub(self._hub_split(HUB_SPLITS.get(spec.name, spec.name) + spec.slice_suffix()))
 

@@ -33,7 +33,7 @@ from dora.methods.dyndora.export import export_peft, save_heatmap
 from dora.methods.dyndora.layer import inject, unwrap
 from dora.models import adapted_linears
 
-log = logging.getLogger("dora")
+log = logging.getLogger(__name__)
 
 
 @dataclass
