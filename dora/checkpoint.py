@@ -42,14 +42,38 @@ class EpochShuffle(Sampler[int]):
 
     Resuming mid-epoch needs only the epoch and the number of batches already consumed, and every
     process of a multi-process run draws the same order (Accelerate then deals out whole batches).
+
+    With ``lengths`` (one per item) the order is length-grouped, as transformers' ``group_by_length``:
+    the permutation is cut into megabatches of 50 batches, each sorted by length and cut into batches,
+    and the full batches are shuffled (the short last batch stays last, so batches stay aligned). A batch
+    then holds items of similar length: far less padding, the same items per epoch.
     """
 
-    def __init__(self, n: int, seed: int):
+    MEGABATCH = 50  # batches per length-sorted chunk
+
+    def __init__(self, n: int, seed: int, lengths=None, batch_size: int = 1):
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} items")
         self.n, self.seed, self.epoch = n, seed, 1
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.batch_size = batch_size
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])  # independent stream per (seed, epoch)
-        return iter(rng.permutation(self.n).tolist())
+        order = rng.permutation(self.n)
+        if self.lengths is not None:
+            order = self._grouped(order, rng)
+        return iter(order.tolist())
+
+    def _grouped(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        bs, mega = self.batch_size, self.MEGABATCH * self.batch_size
+        chunks = [order[i : i + mega] for i in range(0, self.n, mega)]
+        # longest first within a chunk; a stable sort keeps ties in their random order
+        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[i : i + bs] for i in range(0, self.n, bs)]
+        last = [batches.pop()] if len(batches[-1]) < bs else []
+        picks = rng.permutation(len(batches))
+        return np.concatenate([batches[i] for i in picks] + last)
 
     def __len__(self) -> int:
         return self.n

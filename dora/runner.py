@@ -167,7 +167,8 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     if len(data.train) == 0:
         raise UserError(f"task={c['task'].name}: the training split {c['task'].splits['train']!r} is empty")
     collate = task.collator(backbone.tokenizer)
-    sampler = EpochShuffle(len(data.train), cfg.seed)
+    lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
+    sampler = EpochShuffle(len(data.train), cfg.seed, lengths, trainer.batch_size)
 
     def loader(dataset, batch_size, **kw) -> DataLoader:
         # own generator: creating an iterator then draws worker seeds from it, not from the global RNG
@@ -469,7 +470,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         if done is not None:
             log.warning("%s/result.json exists: this run is complete, skipping it", out_dir)
             return done
+        t0 = time.perf_counter()
         r = build(cfg, out_dir)
+        setup_s = time.perf_counter() - t0  # this process: data, tokenisation, model load, method
         if r.task.data_notes().get("same_source"):
             log.warning(
                 "train and evaluation splits come from one original split (%s): not comparable with official dev numbers",
@@ -477,7 +480,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             )
         with failure_record(r):
             restore(r)
-            timing = train(r)
+            timing = train(r) | {"setup_s": setup_s}
             distributed = ranks_agree(r)
             if not r.accelerator.is_main_process:
                 return {}

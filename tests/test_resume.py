@@ -100,6 +100,20 @@ def test_interrupted_twice_then_resumed_equals_uninterrupted(tmp_path, data_dir,
     assert not (resumed / "failure.json").exists() and not (resumed / "checkpoints").exists()
 
 
+def test_length_grouped_batches_resume_exactly(tmp_path, data_dir, monkeypatch):
+    """trainer.group_by_length: the grouped order is a function of (seed, epoch), so a run killed
+    mid-epoch resumes to the same result; and the order really differs from plain shuffling."""
+    grouped = ("trainer.group_by_length=true",)
+    ref = run_dir(tmp_path, "ref", "dora", data_dir, *grouped)
+    resumed = run_dir(tmp_path, "resumed", "dora", data_dir, *grouped, kill_at=(7,), monkeypatch=monkeypatch)
+    assert_same_run(ref, resumed)
+    plain = run_dir(tmp_path, "plain", "dora", data_dir)
+    assert (
+        json.loads((plain / "result.json").read_text())["history"]
+        != json.loads((ref / "result.json").read_text())["history"]
+    )
+
+
 def test_failure_record_and_kept_checkpoints(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "run"
     cfg = compose(
