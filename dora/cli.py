@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from dora.config import CONFIG_DIR, GROUPS, register_configs
 from dora.errors import UserError, choices, one_line
@@ -73,6 +73,9 @@ def preflight(argv: list[str]) -> None:
             first.append(f"{_prefix(o.type)}{key}={values[0]}")
     try:
         cfg = compose_config(first)
+        OmegaConf.to_container(
+            cfg, resolve=True
+        )  # a bad ${pick:...} or ${oc.env:...} fails here, not mid-run
     except (HydraException, OmegaConfBaseException) as e:
         fail(explain(e, first))
     if not multirun(argv):
@@ -107,6 +110,8 @@ def process_overrides() -> list[str]:
 def explain(error: Exception, overrides: list[str]) -> str:
     """One line for a composition error: which key or value, and what is valid there."""
     text = str(error)
+    if isinstance(error, InterpolationResolutionError):
+        return f"bad value for {error.full_key}: {text.splitlines()[0].split('interpolation: ', 1)[-1]}"
     if isinstance(error, MissingConfigException):
         return text.splitlines()[0]
     m = re.search(r"Error merging override ([^=]+)=", text)
@@ -119,7 +124,10 @@ def explain(error: Exception, overrides: list[str]) -> str:
         if cause is not None and "not in" not in str(cause) and "not found" not in str(cause).lower():
             return f"bad value for {key}: {str(cause).splitlines()[0]}"
         return f"unknown field {key!r}; valid: {choices(_siblings(key, overrides))}"
-    return text.splitlines()[0]
+    lines = text.splitlines()
+    if lines[0].endswith(":") and len(lines) > 1:  # "In 'x': ... while composing config:" + the reason
+        return f"{lines[0]} {lines[1].strip()}"
+    return lines[0]
 
 
 def _siblings(key: str, overrides: list[str]) -> list[str]:

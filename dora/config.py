@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment")
@@ -95,6 +95,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     grad_accum: int = 1
     max_length: int | None = None  # null: the task's
+    # batches of similar length (shuffled, length-sorted megabatches, as transformers' group_by_length):
+    # less padding, so faster; off = plain random batches, as the paper's code
+    group_by_length: bool = False
     eval_every: int = 0  # 0: evaluate after every epoch; N > 0: also every N optimizer steps
     log_every: int = 10  # optimizer steps between loss logs (one host sync each)
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else fp32) | no | bf16 | fp16
@@ -150,6 +153,13 @@ class LoggerConfig:
 _REGISTERED = False
 
 
+def pick(key, table):
+    """``${pick:${task.name},{rte: 120, cola: 500}}``: the table's value for the key (a per-task setting)."""
+    if key not in table:
+        raise ValueError(f"pick: no value for {key!r}; the table has {', '.join(map(str, table))}")
+    return table[key]
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (group YAMLs extend them). Idempotent."""
     global _REGISTERED
@@ -160,6 +170,7 @@ def register_configs() -> None:
     from dora.methods import METHODS
     from tasks import TASKS
 
+    OmegaConf.register_new_resolver("pick", pick, replace=True)
     cs = ConfigStore.instance()
     for group, node in (
         ("model", ModelConfig),
