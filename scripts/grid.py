@@ -32,6 +32,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dora.config import pick  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
@@ -45,7 +48,10 @@ TARGETS = {
     "fig2": ("fig2", "fig2_table2"),
     "sweep-budget": ("sweep_budget",),
     "sweep-dem": ("sweep_dem",),
+    "mini": ("mini_dora", "mini_adalora", "mini_lora", "mini_bitfit"),  # MiniLM mini-reproduction
 }
+# every experiment file is a target of its own too (files starting with "_" are shared parts, not grids)
+TARGETS |= {f.stem: (f.stem,) for f in sorted((CONFIGS / "experiment").glob("[!_]*.yaml"))}
 # Left out of run folder names: the experiment (so tables share runs) and keys that do not change results
 # Run-folder names leave out the same keys as a plain `python run.py -m` (configs/config.yaml)
 EXCLUDE_KEYS = tuple(OmegaConf.load(CONFIGS / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
@@ -128,7 +134,9 @@ def plan(target: str, runs: Path, extra: list[str]) -> list[Run]:
             folder = run_folder(runs, overrides)
             if folder not in out:
                 done = (folder / "result.json").exists()
-                out[folder] = Run(experiment, overrides, folder, done, estimate_seconds(overrides))
+                out[folder] = Run(
+                    experiment, overrides, folder, done, estimate_seconds(overrides, experiment)
+                )
     return list(out.values())
 
 
@@ -145,27 +153,46 @@ def _train_examples(task: str) -> int:
     return (glue | NON_GLUE_TRAIN).get(task, 10_000)
 
 
-def _setting(ov: dict, key: str, task: str, method: str, default):
-    """A trainer/task setting as composition would give it: override > recipe > group file > default."""
+def _body(experiment: str) -> dict:
+    """The experiment file's settings outside ``hydra`` (its own defaults first, then its body)."""
+    cfg = _yaml(CONFIGS / "experiment" / f"{experiment}.yaml")
+    parts = [_body(d) for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return OmegaConf.to_container(
+        OmegaConf.merge(*parts, {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")})
+    )
+
+
+def _setting(ov: dict, key: str, task: str, method: str, default, body: dict | None = None):
+    """A trainer/task setting as composition would give it: override > experiment body > recipe > group
+    file > default; a ${pick:${task.name},{...}} value is resolved for the task."""
     group, field = key.split(".")
     if key in ov:
         return ov[key]
     recipe = _yaml(CONFIGS / "recipe" / f"{method}_{task}.yaml").get(group, {})
     base = _yaml(CONFIGS / group / ("default.yaml" if group == "trainer" else f"{task}.yaml"))
-    return recipe.get(field, base.get(field, default))
+    value = (body or {}).get(group, {}).get(field, recipe.get(field, base.get(field, default)))
+    if isinstance(value, str) and "${" in value:
+        if not OmegaConf.has_resolver("pick"):
+            OmegaConf.register_new_resolver("pick", pick)
+        value = OmegaConf.create({"task": {"name": task}, "value": value}).value
+    return value
 
 
-def estimate_seconds(overrides: list[str]) -> float:
+def estimate_seconds(overrides: list[str], experiment: str | None = None) -> float:
     """Rough GPU seconds of one run: steps x batch x padded length / backbone throughput."""
     ov = dict(o.split("=", 1) for o in overrides)
     task, method = ov.get("task", "rte"), ov.get("method", "full")
+    body = _body(experiment) if experiment else {}
     default_model = _yaml(CONFIGS / "model" / f"_for_{task}.yaml").get("defaults", ["roberta_base"])[0]
     model = ov.get("model", default_model)
-    batch = int(_setting(ov, "trainer.batch_size", task, method, 16))
-    epochs = int(_setting(ov, "trainer.epochs", task, method, 3))
-    length = _setting(ov, "trainer.max_length", task, method, None)
-    length = int(length or _setting(ov, "task.max_length", task, method, 128))
-    steps = int(ov.get("trainer.max_steps", -1))
+
+    def setting(key, default):
+        return _setting(ov, key, task, method, default, body)
+
+    batch = int(setting("trainer.batch_size", 16))
+    epochs = int(setting("trainer.epochs", 3))
+    length = int(setting("trainer.max_length", None) or setting("task.max_length", 128))
+    steps = int(setting("trainer.max_steps", -1))
     if steps <= 0:
         steps = math.ceil(_train_examples(task) / batch) * epochs
     return steps * batch * length / TOKENS_PER_S.get(model, 40_000)
