@@ -1,0 +1,297 @@
+"""The MiniLM mini-reproduction's table and heatmap, a pure function of a folder of runs.
+
+    python scripts/mini_table.py --runs runs/mini --out results/mini [--collect]
+
+Counts every completed run of ``model=minilm`` below RUNS on the five GLUE tasks (RTE, MRPC, STS-B, CoLA,
+SST-2) and writes to OUT:
+    table.md        mean ± std over seeds per method and task, Avg, both protocols (``best``: the
+                    paper's best evaluation after pruning ends; ``last``: the final one); the methods'
+                    average rank, DynDoRA's seed-paired differences to LoRA and AdaLoRA, per-task spread,
+                    and the cost of the runs
+    table.csv       the same cells, tidy: protocol, task, method, metric, n, mean, std, min, max
+    runs.csv        one row per run: task, method, seed, both protocols' values, params, seconds
+    heatmap.{png,pdf,csv}   Figure-2-style: final rank per (matrix, layer), mean over seeds, per task,
+                    for DynDoRA (and AdaLoRA when present)
+``--collect`` first copies each run's result.json into OUT/runs/<run folder>/, then reads from there, so
+OUT holds the results behind its table (the run folders' weights and checkpoints stay in RUNS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import MATRICES, _heatmap, plt, rank_grid, save  # noqa: E402
+from make_tables import GLUE, scan, value  # noqa: E402
+
+MODEL = "minilm"
+COLUMNS = [c for c in GLUE if c.task in ("rte", "mrpc", "stsb", "cola", "sst2")]
+METHODS = {"full": "Full FT", "bitfit": "BitFit", "lora": "LoRA", "adalora": "AdaLoRA", "dora": "DynDoRA"}
+PROTOCOLS = ("best", "last")
+
+
+def collect(runs: Path, out: Path) -> int:
+    """Copy every run's result.json below ``runs`` to ``out/<same relative folder>/``; returns the count."""
+    n = 0
+    for path in sorted(runs.rglob("result.json")):
+        dest = out / path.parent.relative_to(runs)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / "result.json")
+        n += 1
+    return n
+
+
+def run_rows(results: list[dict]) -> pd.DataFrame:
+    """One row per MiniLM run on the five tasks: values under both protocols, params and seconds."""
+    metric = {c.task: c.metric for c in COLUMNS}
+    rows = []
+    for r in results:
+        if r.get("model") != MODEL or r.get("task") not in metric or r.get("method") not in METHODS:
+            continue
+        t = r.get("timing", {})
+        rows.append(
+            {
+                "task": r["task"],
+                "method": r["method"],
+                "seed": r["seed"],
+                "metric": metric[r["task"]],
+                **{p: value(r, metric[r["task"]], p) for p in PROTOCOLS},
+                "params": (r.get("params") or {}).get("budget"),
+                "steps": t.get("steps"),
+                "setup_s": t.get("setup_s"),
+                "train_s": t.get("train_s"),
+                "eval_s": t.get("eval_s"),
+                "run": r["_path"],
+            }
+        )
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["run_s"] = df[["setup_s", "train_s", "eval_s"]].sum(axis=1, min_count=2)
+    return df
+
+
+def cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Tidy cells: protocol, task, method, metric, n, mean, std, min, max."""
+    long = df.melt(id_vars=["task", "method", "metric", "seed"], value_vars=list(PROTOCOLS),
+                   var_name="protocol", value_name="value").dropna(subset=["value"])  # fmt: skip
+    g = long.groupby(["protocol", "task", "method", "metric"])["value"]
+    out = g.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
+    return out.sort_values(["protocol", "task", "method"], key=_order).reset_index(drop=True)
+
+
+def _order(s: pd.Series) -> pd.Series:
+    ranks = {m: i for i, m in enumerate(METHODS)} | {c.task: i for i, c in enumerate(COLUMNS)}
+    return s.map(lambda v: ranks.get(v, v) if s.name in ("method", "task") else v)
+
+
+def wide(c: pd.DataFrame, protocol: str, stat: str = "mean") -> pd.DataFrame:
+    """methods x tasks (the table's column order) of one statistic; Avg = mean over complete rows."""
+    sub = c[c.protocol == protocol].pivot(index="method", columns="task", values=stat)
+    sub = sub.reindex(index=[m for m in METHODS if m in sub.index], columns=[col.task for col in COLUMNS])
+    if stat == "mean":
+        sub["avg"] = sub.mean(axis=1, skipna=False)
+    return sub
+
+
+def paired(df: pd.DataFrame, a: str, b: str, protocol: str) -> pd.DataFrame:
+    """Per task: mean and std over seeds of (a − b), the runs paired by seed (same data order)."""
+    p = df.pivot_table(index=["task", "seed"], columns="method", values=protocol)
+    if a not in p or b not in p:
+        return pd.DataFrame()
+    d = (p[a] - p[b]).dropna().groupby("task").agg(["mean", "std", "count"])
+    d["wins"] = (p[a] - p[b]).dropna().gt(0).groupby("task").sum()
+    return d.reindex([c.task for c in COLUMNS]).dropna(how="all")
+
+
+# -- table.md -----------------------------------------------------------------------------------------
+def _fmt(x, digits: int = 2) -> str:
+    return "" if pd.isna(x) else f"{x:.{digits}f}"
+
+
+def md_table(c: pd.DataFrame, df: pd.DataFrame, protocol: str) -> list[str]:
+    mean, std, n = wide(c, protocol), wide(c, protocol, "std"), wide(c, protocol, "n")
+    params = df.groupby("method")["params"].mean()
+    head = [col.title + f" ({col.metric.split('/')[1]})" for col in COLUMNS]
+    lines = ["| Method | Params | " + " | ".join(head) + " | Avg |", "|---|---:|" + "---:|" * (len(head) + 1)]
+    for m in mean.index:
+        texts = [
+            "—"
+            if pd.isna(mean.at[m, t])
+            else f"{_fmt(mean.at[m, t])} ± {_fmt(std.at[m, t])} ({int(n.at[m, t])})"
+            for t in mean.columns[:-1]
+        ]
+        k = params.get(m)
+        lines.append(
+            f"| {METHODS[m]} | {'' if pd.isna(k) else f'{k / 1e3:.1f}K'} | "
+            + " | ".join(texts)
+            + f" | {_fmt(mean.at[m, 'avg']) or '—'} |"
+        )
+    return lines
+
+
+def ordering(c: pd.DataFrame, protocol: str) -> tuple[list[str], pd.Series]:
+    """Methods by average rank over the tasks (1 = best per task); ties share the mean rank."""
+    mean = wide(c, protocol).drop(columns="avg")
+    ranks = mean.rank(axis=0, ascending=False).mean(axis=1).sort_values()
+    avg = mean.mean(axis=1, skipna=False)
+    text = " > ".join(f"{METHODS[m]} ({r:.1f}; Avg {_fmt(avg[m])})" for m, r in ranks.items())
+    return [f"Average rank over the {mean.shape[1]} tasks (1 = best; Avg score): {text}"], ranks
+
+
+def spread(c: pd.DataFrame, protocol: str) -> list[str]:
+    mean, std = wide(c, protocol).drop(columns="avg"), wide(c, protocol, "std")
+    lines = ["| Task | best method | best − worst method mean | mean seed std | min–max over all runs |",
+             "|---|---|---:|---:|---:|"]  # fmt: skip
+    sub = c[c.protocol == protocol]
+    for col in COLUMNS:
+        if col.task not in mean or mean[col.task].isna().all():
+            continue
+        m = mean[col.task]
+        runs = sub[sub.task == col.task]
+        lines.append(
+            f"| {col.title} | {METHODS[m.idxmax()]} | {_fmt(m.max() - m.min())} | {_fmt(std[col.task].mean())} "
+            f"| {_fmt(runs['min'].min())}–{_fmt(runs['max'].max())} |"
+        )
+    return lines
+
+
+def paired_lines(df: pd.DataFrame, protocol: str) -> list[str]:
+    lines = []
+    for other in ("lora", "adalora", "bitfit"):
+        d = paired(df, "dora", other, protocol)
+        if d.empty:
+            continue
+        parts = [
+            f"{t} {d.at[t, 'mean']:+.2f} ± {_fmt(d.at[t, 'std'])} ({int(d.at[t, 'wins'])}/{int(d.at[t, 'count'])})"
+            for t in d.index
+        ]
+        above = int((d["mean"] > 0).sum())
+        lines.append(
+            f"- DynDoRA − {METHODS[other]}, paired by seed (mean ± std; seeds where DynDoRA is higher): "
+            f"{'; '.join(parts)}. Higher on average on {above} of {len(d)} tasks."
+        )
+    return lines
+
+
+def cost_lines(df: pd.DataFrame) -> list[str]:
+    if df["run_s"].isna().all():
+        return []
+    per = df.pivot_table(index="method", columns="task", values="run_s", aggfunc="mean")
+    per = per.reindex(index=[m for m in METHODS if m in per.index], columns=[c.task for c in COLUMNS])
+    lines = ["| Method | " + " | ".join(c.title for c in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for m in per.index:
+        lines.append(f"| {METHODS[m]} | " + " | ".join(_fmt(per.at[m, t], 0) for t in per.columns) + " |")
+    total = df["run_s"].sum()
+    lines += [
+        "",
+        f"Seconds per run (process: data and model setup, training, evaluation), mean over seeds; "
+        f"{len(df)} runs sum to {total / 3600:.2f} run-hours (the grid ran them two at a time, one thread "
+        f"each). Steps per run: {', '.join(str(int(s)) for s in sorted(df['steps'].dropna().unique()))}.",
+    ]
+    return lines
+
+
+def write_md(c: pd.DataFrame, df: pd.DataFrame, s, path: Path) -> None:
+    lines = [
+        "# Mini-reproduction: all-MiniLM-L6-v2 on five GLUE tasks, low budget (r = 2)",
+        "",
+        "Written by `scripts/mini_table.py` from the result.json files in `runs/`; see the README section "
+        '"Mini-reproduction on MiniLM" for the schedule and what this does and does not show. '
+        "Cells: mean ± std over seeds (n). Dev sets, metrics in percent.",
+        "",
+    ]
+    for protocol in PROTOCOLS:
+        what = {"best": "best evaluation after DynDoRA's / AdaLoRA's budget is final (the paper's protocol)",
+                "last": "final evaluation"}[protocol]  # fmt: skip
+        order, _ = ordering(c, protocol)
+        lines += [f"## Protocol `{protocol}`: {what}", "", *md_table(c, df, protocol), "", *order, ""]
+        lines += ["Per-task spread:", "", *spread(c, protocol), "", *paired_lines(df, protocol), ""]
+    lines += ["## Cost on this machine", "", *cost_lines(df), ""]
+    lines += [
+        f"Runs counted: {len(df)}; failed: {len(s.failed)}; incomplete: {len(s.incomplete)} (not counted)."
+    ]
+    lines += [f"- failed: `{p}`: {why}" for p, why in s.failed]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# -- heatmap ------------------------------------------------------------------------------------------
+def heatmap(results: list[dict], out: Path) -> bool:
+    """Final rank per (matrix, layer), mean over seeds: one panel per task, one row per method."""
+    grids: dict[tuple[str, str], list] = {}
+    for r in results:
+        if r.get("model") == MODEL and r.get("method") in ("dora", "adalora") and r.get("budget") == "low":
+            grid = rank_grid(r.get("rank_pattern") or {})
+            if grid is not None:
+                grids.setdefault((r["method"], r["task"]), []).append(grid)
+    if not grids:
+        return False
+    methods = [m for m in ("dora", "adalora") if any(k[0] == m for k in grids)]
+    tasks = [c for c in COLUMNS if any(k[1] == c.task for k in grids)]
+    fig, axes = plt.subplots(len(methods), len(tasks), figsize=(2.6 * len(tasks), 2.4 * len(methods)),
+                             squeeze=False)  # fmt: skip
+    rows = []
+    for i, m in enumerate(methods):
+        for j, col in enumerate(tasks):
+            found = grids.get((m, col.task))
+            if not found:
+                axes[i, j].set_axis_off()
+                continue
+            mean = sum(found) / len(found)
+            _heatmap(axes[i, j], mean, f"{METHODS[m]}, {col.title} ({len(found)} seeds)")
+            rows += [
+                {"method": m, "task": col.task, "matrix": name, **{f"L{k + 1}": v for k, v in enumerate(row)}}
+                for name, row in zip(MATRICES.values(), mean, strict=True)
+            ]
+    fig.suptitle("all-MiniLM-L6-v2, b(T) = 2: final rank per matrix and layer (mean over seeds)", fontsize=10)
+    fig.supxlabel("layer")
+    save(fig, out, "heatmap")
+    pd.DataFrame(rows).to_csv(out / "heatmap.csv", index=False)
+    return True
+
+
+def build(runs: Path, out: Path) -> pd.DataFrame:
+    s = scan(runs)
+    df = run_rows(s.ok)
+    if df.empty:
+        raise SystemExit(
+            f"error: no completed {MODEL} runs on {', '.join(c.task for c in COLUMNS)} below {runs}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    c = cells(df)
+    c.to_csv(out / "table.csv", index=False)
+    df.drop(columns="run").assign(run=[Path(p).name for p in df["run"]]).to_csv(out / "runs.csv", index=False)
+    write_md(c, df, s, out / "table.md")
+    heatmap(s.ok, out)
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, required=True, help="folder of run folders (any depth)")
+    p.add_argument("--out", type=Path, required=True, help="where table.md/.csv, runs.csv, heatmap go")
+    p.add_argument("--collect", action="store_true", help="copy result.json files into OUT/runs first")
+    a = p.parse_args(argv)
+    if not a.runs.is_dir():
+        print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)
+        return 2
+    source = a.runs
+    if a.collect:
+        source = a.out / "runs"
+        if source.resolve() != a.runs.resolve():
+            print(f"copied {collect(a.runs, source)} result.json files into {source}")
+    try:
+        df = build(source, a.out)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"{len(df)} runs -> {a.out}/table.md, table.csv, runs.csv, heatmap.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
