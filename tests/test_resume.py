@@ -108,10 +108,8 @@ def test_length_grouped_batches_resume_exactly(tmp_path, data_dir, monkeypatch):
     resumed = run_dir(tmp_path, "resumed", "dora", data_dir, *grouped, kill_at=(7,), monkeypatch=monkeypatch)
     assert_same_run(ref, resumed)
     plain = run_dir(tmp_path, "plain", "dora", data_dir)
-    assert (
-        json.loads((plain / "result.json").read_text())["history"]
-        != json.loads((ref / "result.json").read_text())["history"]
-    )
+    a, b = (load_file(d / "adapter" / "trainable.safetensors") for d in (plain, ref))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # another batch order, other weights
 
 
 def test_failure_record_and_kept_checkpoints(tmp_path, data_dir, monkeypatch):
