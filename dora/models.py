@@ -70,7 +70,8 @@ def load_backbone(cfg: ModelConfig, head: str, num_labels: int) -> Backbone:
         path = _minilm_path() if cfg.source == "package" else cfg.path
         model, tokenizer = _pretrained(path, head, kwargs)
     present = tuple(p for p in HEAD_PREFIXES if hasattr(model, p))
-    if head in ("seq_cls", "regression") and getattr(getattr(model, "bert", None), "pooler", None) is not None:
+    pooler = getattr(getattr(model, "bert", None), "pooler", None)
+    if head in ("seq_cls", "regression") and pooler is not None:
         # BERT's sentence head is pooler (dense + tanh) then classifier: together the counterpart of
         # RoBERTa's classification_head (dense + tanh + out_proj), so both train as the head. (The pooler
         # of all-MiniLM-L6-v2 was never trained: sentence-transformers pools by mean.)

@@ -51,7 +51,8 @@ TARGETS = {
     "mini": ("mini_dora", "mini_adalora", "mini_lora", "mini_bitfit"),  # MiniLM mini-reproduction
 }
 # every experiment file is a target of its own too (files starting with "_" are shared parts, not grids)
-TARGETS |= {f.stem: (f.stem,) for f in sorted((CONFIGS / "experiment").glob("[!_]*.yaml"))}
+for _f in sorted((CONFIGS / "experiment").glob("[!_]*.yaml")):
+    TARGETS.setdefault(_f.stem, (_f.stem,))
 # Left out of run folder names: the experiment (so tables share runs) and keys that do not change results
 # Run-folder names leave out the same keys as a plain `python run.py -m` (configs/config.yaml)
 EXCLUDE_KEYS = tuple(OmegaConf.load(CONFIGS / "config.yaml").hydra.job.config.override_dirname.exclude_keys)

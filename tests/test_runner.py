@@ -190,6 +190,6 @@ def test_minilm_loads_offline_from_the_pip_package():
     from dora.models import adapted_linears, load_backbone
 
     bb = load_backbone(compose("task=rte", "model=minilm").model, "seq_cls", 2)
-    assert bb.model.config.num_hidden_layers == 6 and bb.head_prefixes == ("classifier",)
+    assert bb.model.config.num_hidden_layers == 6 and bb.head_prefixes == ("classifier", "bert.pooler")
     assert len(adapted_linears(bb.model, "bert")) == 36
     assert bb.tokenizer("hello world")["input_ids"] == [101, 7592, 2088, 102]
