@@ -113,6 +113,13 @@ def _fmt(x, digits: int = 2) -> str:
     return "" if pd.isna(x) else f"{x:.{digits}f}"
 
 
+def _pm(mean, std, n=None, signed: bool = False) -> str:
+    """ "mean ± std (n)"; one seed has no std, so no "±"."""
+    text = f"{mean:+.2f}" if signed else _fmt(mean)
+    text += "" if pd.isna(std) else f" ± {_fmt(std)}"
+    return text if n is None else f"{text} ({int(n)})"
+
+
 def md_table(c: pd.DataFrame, df: pd.DataFrame, protocol: str) -> list[str]:
     mean, std, n = wide(c, protocol), wide(c, protocol, "std"), wide(c, protocol, "n")
     params = df.groupby("method")["params"].mean()
@@ -120,9 +127,7 @@ def md_table(c: pd.DataFrame, df: pd.DataFrame, protocol: str) -> list[str]:
     lines = ["| Method | Params | " + " | ".join(head) + " | Avg |", "|---|---:|" + "---:|" * (len(head) + 1)]
     for m in mean.index:
         texts = [
-            "—"
-            if pd.isna(mean.at[m, t])
-            else f"{_fmt(mean.at[m, t])} ± {_fmt(std.at[m, t])} ({int(n.at[m, t])})"
+            "—" if pd.isna(mean.at[m, t]) else _pm(mean.at[m, t], std.at[m, t], n.at[m, t])
             for t in mean.columns[:-1]
         ]
         k = params.get(m)
@@ -167,7 +172,7 @@ def paired_lines(df: pd.DataFrame, protocol: str) -> list[str]:
         if d.empty:
             continue
         parts = [
-            f"{t} {d.at[t, 'mean']:+.2f} ± {_fmt(d.at[t, 'std'])} ({int(d.at[t, 'wins'])}/{int(d.at[t, 'count'])})"
+            f"{t} {_pm(d.at[t, 'mean'], d.at[t, 'std'], signed=True)} ({int(d.at[t, 'wins'])}/{int(d.at[t, 'count'])})"
             for t in d.index
         ]
         above = int((d["mean"] > 0).sum())
@@ -206,7 +211,7 @@ def write_md(c: pd.DataFrame, df: pd.DataFrame, s, path: Path) -> None:
         "",
     ]
     for protocol in PROTOCOLS:
-        what = {"best": "best evaluation after DynDoRA's / AdaLoRA's budget is final (the paper's protocol)",
+        what = {"best": "best evaluation, for DynDoRA and AdaLoRA once the budget is final (the paper's protocol)",
                 "last": "final evaluation"}[protocol]  # fmt: skip
         order, _ = ordering(c, protocol)
         lines += [f"## Protocol `{protocol}`: {what}", "", *md_table(c, df, protocol), "", *order, ""]
@@ -232,8 +237,8 @@ def heatmap(results: list[dict], out: Path) -> bool:
         return False
     methods = [m for m in ("dora", "adalora") if any(k[0] == m for k in grids)]
     tasks = [c for c in COLUMNS if any(k[1] == c.task for k in grids)]
-    fig, axes = plt.subplots(len(methods), len(tasks), figsize=(2.6 * len(tasks), 2.4 * len(methods)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(len(methods), len(tasks), figsize=(2.8 * len(tasks), 2.8 * len(methods)),
+                             squeeze=False, layout="constrained")  # fmt: skip
     rows = []
     for i, m in enumerate(methods):
         for j, col in enumerate(tasks):
