@@ -111,10 +111,10 @@ sweep-dem: ## DEM coefficient (eta) sweep of DynDoRA on TASK= (default mrpc), 5 
 # ==== end of issue 6 block ============================================================================
 
 # ==== MiniLM mini-reproduction (README "Mini-reproduction on MiniLM") ================================
-# configs/experiment/mini_*.yaml: 5 GLUE tasks x {dora, adalora, lora, bitfit} x seeds 1-3 = 60 runs of the
-# real all-MiniLM-L6-v2, two at a time with one thread each (about 1.5 h on 2 CPU cores). Finished runs in
+# configs/experiment/mini_*.yaml: 5 GLUE tasks x {dora, adalora, lora, bitfit, full} x seeds 1-3 = 75 runs of the
+# real all-MiniLM-L6-v2, two at a time with one thread each (about 2.5 h on 2 CPU cores). Finished runs in
 # MINI_RUNS are skipped; the table, runs.csv, heatmap and a copy of every result.json go to MINI_OUT.
-#   make mini-table DRY_RUN=1      list the 60 runs          make mini-report   table from MINI_OUT/runs only
+#   make mini-table DRY_RUN=1      list the 75 runs          make mini-report   table from MINI_OUT/runs only
 MINI_RUNS ?= runs/mini
 MINI_OUT ?= results/mini
 MINI_JOBS ?= 2
@@ -122,7 +122,7 @@ MINI_THREADS ?= 1
 DATA_DIR ?= $(or $(DORA_DATA_DIR),../shared/data)
 .PHONY: mini-table mini-report
 
-mini-table: install ## MiniLM mini-reproduction: 60 runs on real GLUE data (CPU), then mini-report into MINI_OUT
+mini-table: install ## MiniLM mini-reproduction: 75 runs on real GLUE data (CPU), then mini-report into MINI_OUT
 	OMP_NUM_THREADS=$(MINI_THREADS) $(PY) scripts/grid.py mini --runs $(MINI_RUNS) --jobs $(MINI_JOBS) \
 	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/mini_table.py --runs $(MINI_RUNS) --out $(MINI_OUT) --collect)

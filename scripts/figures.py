@@ -89,14 +89,16 @@ def paper_fig2() -> dict[int, np.ndarray]:
     }
 
 
-def _heatmap(ax, grid: np.ndarray, title: str) -> None:
-    ax.imshow(grid, cmap="viridis", aspect="auto")
+def _heatmap(ax, grid: np.ndarray, title: str, vmax: float | None = None):
+    """One rank map, each cell labelled; vmax shares one colour scale (0..vmax) across panels."""
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=None if vmax is None else 0, vmax=vmax)
     for (i, j), v in np.ndenumerate(grid):
         if not np.isnan(v):
             ax.text(j, i, f"{v:.1f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=6, color="w")
     ax.set_yticks(range(len(MATRICES)), list(MATRICES.values()))
     ax.set_xticks(range(grid.shape[1]), [str(i + 1) for i in range(grid.shape[1])], fontsize=7)
     ax.set_title(title, fontsize=9)
+    return image
 
 
 def figure2(runs: list[dict], model: str, out: Path) -> bool:

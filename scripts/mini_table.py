@@ -6,7 +6,7 @@ Counts every completed run of ``model=minilm`` below RUNS on the five GLUE tasks
 SST-2) and writes to OUT:
     table.md        mean ± std over seeds per method and task, Avg, both protocols (``best``: the
                     paper's best evaluation after pruning ends; ``last``: the final one); the methods'
-                    average rank, DynDoRA's seed-paired differences to LoRA and AdaLoRA, per-task spread,
+                    average rank, DynDoRA's seed-paired differences to LoRA, AdaLoRA and BitFit, per-task spread,
                     and the cost of the runs
     table.csv       the same cells, tidy: protocol, task, method, metric, n, mean, std, min, max
     runs.csv        one row per run: task, method, seed, both protocols' values, params, seconds
@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -132,18 +133,24 @@ def md_table(c: pd.DataFrame, df: pd.DataFrame, protocol: str) -> list[str]:
         ]
         k = params.get(m)
         lines.append(
-            f"| {METHODS[m]} | {'' if pd.isna(k) else f'{k / 1e3:.1f}K'} | "
-            + " | ".join(texts)
-            + f" | {_fmt(mean.at[m, 'avg']) or '—'} |"
+            f"| {METHODS[m]} | {_count(k)} | " + " | ".join(texts) + f" | {_fmt(mean.at[m, 'avg']) or '—'} |"
         )
     return lines
 
 
+def _count(k: float) -> str:
+    """A parameter count as the paper writes it: 82.9K, 22.6M."""
+    if pd.isna(k):
+        return ""
+    return f"{k / 1e6:.1f}M" if k >= 1e6 else f"{k / 1e3:.1f}K"
+
+
 def ordering(c: pd.DataFrame, protocol: str) -> tuple[list[str], pd.Series]:
-    """Methods by average rank over the tasks (1 = best per task); ties share the mean rank."""
+    """Methods by average rank over the tasks (1 = best per task; ties share the mean rank), then by Avg."""
     mean = wide(c, protocol).drop(columns="avg")
-    ranks = mean.rank(axis=0, ascending=False).mean(axis=1).sort_values()
     avg = mean.mean(axis=1, skipna=False)
+    order = pd.DataFrame({"rank": mean.rank(axis=0, ascending=False).mean(axis=1), "avg": avg})
+    ranks = order.sort_values(["rank", "avg"], ascending=[True, False])["rank"]  # ties: higher Avg first
     text = " > ".join(f"{METHODS[m]} ({r:.1f}; Avg {_fmt(avg[m])})" for m, r in ranks.items())
     return [f"Average rank over the {mean.shape[1]} tasks (1 = best; Avg score): {text}"], ranks
 
@@ -183,6 +190,13 @@ def paired_lines(df: pd.DataFrame, protocol: str) -> list[str]:
     return lines
 
 
+def steps_text(df: pd.DataFrame) -> str:
+    steps = df.groupby("task")["steps"].agg(
+        lambda v: "/".join(str(int(x)) for x in sorted(v.dropna().unique()))
+    )
+    return ", ".join(f"{c.title} {steps[c.task]}" for c in COLUMNS if c.task in steps and steps[c.task])
+
+
 def cost_lines(df: pd.DataFrame) -> list[str]:
     if df["run_s"].isna().all():
         return []
@@ -195,8 +209,8 @@ def cost_lines(df: pd.DataFrame) -> list[str]:
     lines += [
         "",
         f"Seconds per run (process: data and model setup, training, evaluation), mean over seeds; "
-        f"{len(df)} runs sum to {total / 3600:.2f} run-hours (the grid ran them two at a time, one thread "
-        f"each). Steps per run: {', '.join(str(int(s)) for s in sorted(df['steps'].dropna().unique()))}.",
+        f"{len(df)} runs sum to {total / 3600:.2f} run-hours (make mini-table runs two at a time, one "
+        f"thread each). Optimizer steps per run: {steps_text(df)}.",
     ]
     return lines
 
@@ -239,7 +253,8 @@ def heatmap(results: list[dict], out: Path) -> bool:
     tasks = [c for c in COLUMNS if any(k[1] == c.task for k in grids)]
     fig, axes = plt.subplots(len(methods), len(tasks), figsize=(2.8 * len(tasks), 2.8 * len(methods)),
                              squeeze=False, layout="constrained")  # fmt: skip
-    rows = []
+    vmax = max(float(np.max(g)) for found in grids.values() for g in found)  # one colour scale for all panels
+    rows, image = [], None
     for i, m in enumerate(methods):
         for j, col in enumerate(tasks):
             found = grids.get((m, col.task))
@@ -247,13 +262,14 @@ def heatmap(results: list[dict], out: Path) -> bool:
                 axes[i, j].set_axis_off()
                 continue
             mean = sum(found) / len(found)
-            _heatmap(axes[i, j], mean, f"{METHODS[m]}, {col.title} ({len(found)} seeds)")
+            image = _heatmap(axes[i, j], mean, f"{METHODS[m]}, {col.title} ({len(found)} seeds)", vmax)
             rows += [
                 {"method": m, "task": col.task, "matrix": name, **{f"L{k + 1}": v for k, v in enumerate(row)}}
                 for name, row in zip(MATRICES.values(), mean, strict=True)
             ]
     fig.suptitle("all-MiniLM-L6-v2, b(T) = 2: final rank per matrix and layer (mean over seeds)", fontsize=10)
     fig.supxlabel("layer")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="rank")
     save(fig, out, "heatmap")
     pd.DataFrame(rows).to_csv(out / "heatmap.csv", index=False)
     return True

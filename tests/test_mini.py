@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.helpers import REPO, compose, run_cli
@@ -18,9 +19,10 @@ import grid  # noqa: E402
 import mini_table  # noqa: E402
 
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
-METHODS = ["dora", "adalora", "lora", "bitfit"]
+METHODS = ["dora", "adalora", "lora", "bitfit", "full"]
 COMMITTED = REPO / "results" / "mini"
-LR = {"dora": 3e-3, "adalora": 3e-3, "lora": 3e-3, "bitfit": 3e-3}  # the pilot's choice (README)
+# the pilots' choices (README "Mini-reproduction on MiniLM")
+LR = {"dora": 3e-3, "adalora": 3e-3, "lora": 3e-3, "bitfit": 3e-3, "full": 1e-4}
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -37,7 +39,7 @@ def key(overrides: list[str]) -> tuple[str, str, int]:
     return kv["task"], kv["method"], int(kv["seed"])
 
 
-def test_the_grid_is_5_tasks_by_4_methods_by_3_seeds(tmp_path):
+def test_the_grid_is_5_tasks_by_5_methods_by_3_seeds(tmp_path):
     runs = plan(tmp_path)
     assert sorted(key(r.overrides) for r in runs) == sorted(itertools.product(TASKS, METHODS, [1, 2, 3]))
     assert all(len(r.folder.name) < 200 for r in runs)  # file systems refuse names over 255 bytes
@@ -82,7 +84,7 @@ def test_a_task_outside_the_schedule_is_one_error_line(tmp_path):
 
 
 def test_dry_run_lists_the_runs_whose_results_are_committed():
-    """`make mini-table DRY_RUN=1` plans exactly the 60 folders results/mini/runs holds, all done."""
+    """`make mini-table DRY_RUN=1` plans exactly the 75 folders results/mini/runs holds, all done."""
     make = subprocess.run(["make", "-n", "mini-table", "DRY_RUN=1"], cwd=REPO, capture_output=True, text=True)
     assert "scripts/grid.py mini --runs runs/mini --jobs 2" in make.stdout and "--dry-run" in make.stdout
     out = subprocess.run(
@@ -90,7 +92,7 @@ def test_dry_run_lists_the_runs_whose_results_are_committed():
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "mini: 60 runs, 60 done, 0 to run" in out.stdout
+    assert "mini: 75 runs, 75 done, 0 to run" in out.stdout
     committed = {p.parent.name for p in (COMMITTED / "runs").glob("*/result.json")}
     assert committed == {r.folder.name for r in plan(COMMITTED / "runs")}
 
@@ -100,7 +102,7 @@ def test_committed_table_is_what_the_aggregator_writes(tmp_path):
     for name in ("table.md", "table.csv", "runs.csv", "heatmap.csv"):
         assert (tmp_path / name).read_text() == (COMMITTED / name).read_text(), name
     rows = read_csv(COMMITTED / "runs.csv")
-    assert len(rows) == 60 and all(int(r["steps"]) == STEPS[r["task"]] for r in rows)
+    assert len(rows) == 75 and all(int(r["steps"]) == STEPS[r["task"]] for r in rows)
 
 
 # -- the aggregator on runs with known values --------------------------------------------------------
@@ -147,6 +149,7 @@ def test_aggregator_means_stds_avg_ranks_and_paired_differences(fake_runs, tmp_p
     assert "rte +2.00 ± 0.00 (3/3)" in md and "cola -1.00 ± 0.00 (0/3)" in md
     assert "Higher on average on 3 of 5 tasks" in md
     assert "failed: 1" in md and "30 runs sum to 0.11 run-hours" in md
+    assert "Optimizer steps per run: RTE 160, MRPC 160, STS-B 160, CoLA 160, SST-2 160." in md
     heat = read_csv(out / "heatmap.csv")
     # rank (layer + seed) % 3 averaged over seeds 1-3 is 1 everywhere
     assert len(heat) == 5 * 6 and all(float(row["L1"]) == 1.0 for row in heat)
@@ -163,3 +166,22 @@ def test_collect_copies_results_and_no_runs_is_one_error_line(fake_runs, tmp_pat
     bad = subprocess.run([*cmd[:3], str(empty), *cmd[4:]], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no completed minilm runs")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_ordering_breaks_rank_ties_by_avg():
+    # lora and bitfit each win two tasks and tie on one: both average rank 1.5; lora has the higher Avg
+    scores = {"lora": [70, 70, 50, 50, 60], "bitfit": [60, 60, 51, 51, 60]}
+    c = pd.DataFrame(
+        [
+            {"protocol": "best", "method": m, "task": col.task, "mean": v}
+            for m, vals in scores.items()
+            for col, v in zip(mini_table.COLUMNS, vals, strict=True)
+        ]
+    )
+    (line,), ranks = mini_table.ordering(c, "best")
+    assert list(ranks.index) == ["lora", "bitfit"] and list(ranks) == [1.5, 1.5]
+    assert line.endswith("LoRA (1.5; Avg 60.00) > BitFit (1.5; Avg 56.40)")
+
+
+def test_parameter_counts_read_like_the_paper():
+    assert [mini_table._count(k) for k in (25_700, 82_900, 22_565_400)] == ["25.7K", "82.9K", "22.6M"]
