@@ -154,6 +154,8 @@ def test_aggregator_means_stds_avg_ranks_and_paired_differences(fake_runs, tmp_p
     # rank (layer + seed) % 3 averaged over seeds 1-3 is 1 everywhere
     assert len(heat) == 5 * 6 and all(float(row["L1"]) == 1.0 for row in heat)
     assert (out / "heatmap.png").stat().st_size > 0
+    mini_table.build(fake_runs, tmp_path / "again")  # regenerated figures diff clean: no date in the PDF
+    assert (tmp_path / "again" / "heatmap.pdf").read_bytes() == (out / "heatmap.pdf").read_bytes()
 
 
 def test_collect_copies_results_and_no_runs_is_one_error_line(fake_runs, tmp_path):
