@@ -13,6 +13,7 @@ Method-specific checks of the PEFT baselines (AdaLoRA schedule and regulariser, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 
@@ -249,6 +250,30 @@ def test_adalora_config_rejects_a_schedule_without_budgeting_phase():
     cls = METHODS.get("adalora").config
     with pytest.raises(ValueError, match="tinit"):
         cls(tinit=0.5, tfinal=0.5)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4])
+@pytest.mark.parametrize("tfinal", [0.46, 0.51, 0.8])  # the RTE and SQuAD recipes, and a long final phase
+def test_adalora_allocates_on_the_shortest_runs(steps, tfinal):
+    """PEFT's final allocation reads importance scores from earlier steps: with T = 2 and the SQuAD
+    recipe (tfinal 0.51 -> 1) it came at step 1, before any score existed (KeyError). t_final <= T - 2
+    keeps one step first."""
+    backbone, _, info = fresh("adalora", "tiny_roberta", steps=steps)
+    _, method_cfg, budget_cfg = configs("adalora", "tiny_roberta")
+    m = build_method(dataclasses.replace(method_cfg, tinit=0.1, tfinal=tfinal), budget_cfg)
+    net = m.apply(backbone.model, info)
+    train(net, m, steps)
+    tfinal = m.schedule(steps)[1]
+    assert tfinal <= steps - 2
+    assert m.budget_history()[-1] == [steps - tfinal, m.budget.rank * 12]
+
+
+def test_adalora_one_step_run_is_one_error_line():
+    from dora.errors import UserError
+
+    backbone, m, info = fresh("adalora", "tiny_roberta", steps=1)
+    with pytest.raises(UserError, match="needs at least 2 optimizer steps .* T=1: raise trainer.max_steps"):
+        m.apply(backbone.model, info)
 
 
 @pytest.mark.slow  # ~35 s on two busy cores: the whole runner, tokenisation and export

@@ -22,6 +22,7 @@ import torch
 from peft import AdaLoraConfig
 
 from dora.config import MethodConfig
+from dora.errors import UserError
 from dora.methods import METHODS
 from dora.methods._peft import ADAPTER, PeftMethod, lora_layers
 
@@ -85,8 +86,17 @@ class AdaLora(PeftMethod):
 
     def schedule(self, total_steps: int) -> tuple[int, int]:
         """(t_init, t_final) in optimizer steps. tinit + tfinal < 1 (checked by the config) keeps
-        t_init < T - t_final, the non-empty budgeting phase PEFT requires, for every T."""
-        return int(self.cfg.tinit * total_steps), int(self.cfg.tfinal * total_steps)
+        t_init < T - t_final, the non-empty budgeting phase PEFT requires, for every T. PEFT's final
+        allocation at step T - t_final reads importance scores gathered at earlier steps, so at least one
+        step must come before it: t_final <= T - 2 (at the recipes' fractions, <= 0.58, this binds only
+        at T = 2)."""
+        if total_steps < 2:
+            raise UserError(
+                f"method=adalora needs at least 2 optimizer steps (one to score importance, one to allocate); "
+                f"this run has T={total_steps}: raise trainer.max_steps or trainer.epochs"
+            )
+        tfinal = min(int(self.cfg.tfinal * total_steps), total_steps - 2)
+        return int(self.cfg.tinit * total_steps), tfinal
 
     def peft_config(self, targets, head, info):
         tinit, tfinal = self.schedule(info.total_steps)
