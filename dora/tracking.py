@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
+from pathlib import Path
 
 from dora.config import LoggerConfig
 
@@ -38,6 +40,19 @@ def wandb_mode(cfg: LoggerConfig) -> str:
     return "online" if has_wandb_credentials() else "offline"
 
 
+ID_FILE = "wandb_run_id"  # in the run folder: a resumed run continues the same wandb run
+
+
+def wandb_run_id(out_dir: str) -> str:
+    """The run folder's wandb id: made on the first start, read back on every resume."""
+    path = Path(out_dir) / ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(6)  # 12 lowercase hex characters: a valid wandb run id
+    path.write_text(run_id + "\n")
+    return run_id
+
+
 class WandbTracker:
     def __init__(self, cfg: LoggerConfig, config: dict, out_dir: str, name: str, tags: list[str]):
         import wandb
@@ -50,6 +65,8 @@ class WandbTracker:
             config=config,
             dir=out_dir,
             mode=wandb_mode(cfg),
+            id=wandb_run_id(out_dir),
+            resume="allow",  # one wandb run per run folder, across resumes
             settings=wandb.Settings(silent=True, console="off"),
         )
 

@@ -72,6 +72,20 @@ def test_a_wandb_run_gets_config_metrics_losses_and_counts(tmp_path, data_dir, n
     assert run.finished
 
 
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, no_credentials, monkeypatch):
+    import wandb
+
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(FakeRun(**kw)) or runs[-1])
+    first, other = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), other.mkdir()
+    for folder in (first, first, other):  # start, resume, another run
+        make_tracker(LoggerConfig(kind="wandb"), {}, str(folder), folder.name, [], True)
+    ids = [run.init["id"] for run in runs]
+    assert ids[0] == ids[1] != ids[2] and all(run.init["resume"] == "allow" for run in runs)
+    assert (first / "wandb_run_id").read_text().strip() == ids[0]
+
+
 @pytest.mark.slow
 def test_a_real_offline_wandb_run_writes_its_records(tmp_path, data_dir, no_credentials):
     run_inprocess(tmp_path, "task=rte", "method=bitfit", "model=tiny_roberta", f"data_dir={data_dir}", "trainer.max_steps=3",
