@@ -263,9 +263,9 @@ def test_adalora_allocates_on_the_shortest_runs(steps, tfinal):
     m = build_method(dataclasses.replace(method_cfg, tinit=0.1, tfinal=tfinal), budget_cfg)
     net = m.apply(backbone.model, info)
     train(net, m, steps)
-    tfinal = m.schedule(steps)[1]
-    assert tfinal <= steps - 2
-    assert m.budget_history()[-1] == [steps - tfinal, m.budget.rank * 12]
+    t_final = m.schedule(steps)[1]  # in steps
+    assert t_final <= steps - 2
+    assert m.budget_history()[-1] == [steps - t_final, m.budget.rank * 12]
 
 
 def test_adalora_one_step_run_is_one_error_line():

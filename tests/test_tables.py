@@ -19,7 +19,7 @@ import grid  # noqa: E402
 import make_tables  # noqa: E402
 
 # the paper's grids (mini_* is the MiniLM mini-reproduction, tests/test_mini.py; _* are shared parts)
-EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml") if p.stem[0] != "_")
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("[!_]*.yaml"))
 EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith("mini_")]
 DORA_LAYERS = ("attention.self.query", "attention.self.key", "attention.self.value")
 DORA_LAYERS += ("attention.output.dense", "intermediate.dense", "output.dense")
