@@ -100,7 +100,9 @@ class TrainerConfig:
     group_by_length: bool = False
     eval_every: int = 0  # 0: evaluate after every epoch; N > 0: also every N optimizer steps
     log_every: int = 10  # optimizer steps between loss logs (one host sync each)
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else fp32) | no | bf16 | fp16
+    # no = fp32 (the released code's arithmetic, TF32 off) | bf16 | fp16 (opt-in autocast, faster on a GPU)
+    # | auto (bf16 on a GPU that supports it, else fp32); result.json records what ran ("precision")
+    mixed_precision: str = "no"
     cpu: bool = False  # force the CPU even when a GPU is present
     num_workers: int = 0
     progress: bool = True

@@ -139,11 +139,12 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 def _tiny(cfg: ModelConfig, head: str, kwargs: dict):
     tokenizer = byte_level_tokenizer()
     sizes = dict(cfg.tiny)
-    common = dict(vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs)
+    # sizes may override the vocabulary (e.g. a replayed run with ids beyond the byte-level tokenizer's)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs) | sizes
     if cfg.family == "bart":
-        config = BartConfig(decoder_start_token_id=2, forced_eos_token_id=2, **common, **sizes)
+        config = BartConfig(decoder_start_token_id=2, forced_eos_token_id=2, **common)
     elif cfg.family == "roberta":
-        config = RobertaConfig(**common, **sizes)
+        config = RobertaConfig(**common)
     else:
         raise UserError(f"tiny models exist for families roberta and bart, not {cfg.family!r}")
     return AUTO_CLASSES[head].from_config(config), tokenizer

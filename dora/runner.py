@@ -59,6 +59,7 @@ class Progress:
     batches: int = 0  # batches of this epoch already consumed by this process
     samples: int = 0  # training examples seen by this process
     wall_s: float = 0.0  # training + evaluation wall time of earlier segments (before a resume)
+    lr_sum: float = 0.0  # Σ of the learning rate over optimizer steps done (how far Adam can move a weight)
     eval_s: float = 0.0
     started: bool = False  # training began: a failure from here on leaves failure.json
 
@@ -110,6 +111,7 @@ class Run:
     tracker: object
     data_notes: dict
     meter: LossMeter
+    trivial: dict  # "<split>/<metric>" -> score of the best constant predictor on that split
     progress: Progress = field(default_factory=Progress)
     history: list[dict] = field(default_factory=list)
     scalars: dict = field(default_factory=dict)  # the method's latest after_optimizer_step scalars
@@ -133,10 +135,24 @@ def validated(cfg: DictConfig) -> dict:
 
 
 def mixed_precision(choice: str, cpu: bool) -> str:
+    """``no`` (the default) is fp32, the released code's arithmetic; bf16/fp16 autocast are opt-in speed
+    settings; ``auto`` = bf16 on a GPU that supports it, else fp32."""
     if choice != "auto":
         return choice
     gpu = torch.cuda.is_available() and not cpu
     return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+
+
+def fp32_matmuls() -> None:
+    """fp32 means fp32: no TF32 tensor-core matmuls (off by default in the torch the paper used)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def precision(accelerator: Accelerator) -> dict:
+    """What arithmetic the run used, for result.json and the tables."""
+    mp = accelerator.mixed_precision
+    return {"mixed_precision": mp, "compute": "fp32" if mp == "no" else mp, "tf32": False}
 
 
 def make_accelerator(trainer) -> Accelerator:
@@ -161,11 +177,13 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     task.check_data()  # before any download or model build
     method = build_method(c["method"], c["budget"])
     accelerator = make_accelerator(trainer)
+    fp32_matmuls()
     set_seed(cfg.seed)
     backbone = load_backbone(c["model"], task.head, task.num_labels)
     data = task.load(backbone.tokenizer, trainer.max_length or c["task"].max_length)
     if len(data.train) == 0:
         raise UserError(f"task={c['task'].name}: the training split {c['task'].splits['train']!r} is empty")
+    trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
     sampler = EpochShuffle(len(data.train), cfg.seed, lengths, trainer.batch_size)
@@ -202,7 +220,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     )  # fmt: skip
     return Run(
         cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
-        eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device),
+        eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device), trivial,
     )  # fmt: skip
 
 
@@ -259,6 +277,7 @@ def micro_step(run: Run, batch: dict) -> bool:
             return False
         grad_norm = acc.clip_grad_norm_(run.model.parameters(), run.cfg.trainer.max_grad_norm)
         run.meter.flag(p.step + 1, grad_norm)
+        p.lr_sum += run.scheduler.get_last_lr()[0]  # the rate this step used
         run.optimizer.step()
         run.scheduler.step()
         p.step += 1
@@ -301,8 +320,11 @@ def evaluate(run: Run) -> dict:
     for split, loader in run.eval_loaders.items():
         metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
     entry = {"epoch": run.progress.epoch, "step": run.progress.step, **metrics}
+    diag = diagnostics(run)
+    if diag:
+        entry["diagnostics"] = diag
     run.history.append(entry)
-    run.tracker.log(metrics, run.progress.step)
+    run.tracker.log(metrics | {f"diag/{k}": v for k, v in diag.items()}, run.progress.step)
     log.info(
         "eval epoch %d step %d: %s",
         entry["epoch"],
@@ -311,6 +333,12 @@ def evaluate(run: Run) -> dict:
     )
     run.progress.eval_s += time.perf_counter() - t
     return entry
+
+
+def diagnostics(run: Run) -> dict[str, float]:
+    """How far training has moved the method's weights (its ``diagnostics`` hook) and Σ lr so far."""
+    model = run.accelerator.unwrap_model(run.model)
+    return {"lr_sum": run.progress.lr_sum} | run.method.diagnostics(model)
 
 
 def log_train(run: Run, bar) -> None:
@@ -368,6 +396,17 @@ def restore(run: Run) -> None:
 
 
 # -- outputs ---------------------------------------------------------------------------------------
+NOT_METRICS = ("epoch", "step", "diagnostics")
+
+
+def degenerate(metrics: dict, headline: str, trivial: dict) -> bool | None:
+    """The headline equals the best constant predictor's (MCC 0, majority-class accuracy): the model
+    has not left the trivial solution. None when the task has no trivial predictor (SQuAD, XSum)."""
+    if headline not in trivial:
+        return None
+    return abs(metrics[headline] - trivial[headline]) < 1e-6
+
+
 def best_entry(history: list[dict], headline: str, from_step: int) -> dict:
     """Paper protocol: the best headline among evaluations at or after ``from_step`` (the last
     evaluation, at step T, always qualifies)."""
@@ -411,7 +450,9 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
     (run.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(c, resolve=True))
-    best = best_entry(run.history, run.task.headline, run.method.best_from_step(run.total_steps))
+    best_from = run.method.best_from_step(run.total_steps)
+    best = best_entry(run.history, run.task.headline, best_from)
+    metrics = {k: v for k, v in run.history[-1].items() if k not in NOT_METRICS}
     result = {
         "task": c.task.name,
         "method": c.method.name,
@@ -421,8 +462,13 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "status": "ok",
         "config": run.config,
         "headline": run.task.headline,
-        "metrics": {k: v for k, v in run.history[-1].items() if k not in ("epoch", "step")},
-        "best": {k: v for k, v in best.items() if k != "step"},
+        "metrics": metrics,
+        "best": {k: v for k, v in best.items() if k not in ("step", "diagnostics")},
+        "best_from_step": best_from,  # the paper's protocol: evaluations from this step on are eligible
+        "trivial": run.trivial,
+        "degenerate": degenerate(metrics, run.task.headline, run.trivial),
+        "precision": precision(run.accelerator),
+        "diagnostics": diagnostics(run),
         "history": run.history,
         "params": {
             "budget": int(run.method.budget_params(model)),
