@@ -130,6 +130,20 @@ mini-table: install ## MiniLM mini-reproduction: 75 runs on real GLUE data (CPU)
 mini-report: install ## rebuild MINI_OUT/table.md, table.csv, runs.csv, heatmap from MINI_OUT/runs (no training)
 	$(PY) scripts/mini_table.py --runs $(MINI_OUT)/runs --out $(MINI_OUT)
 
+# -- learning-rate selection (scripts/tune.py): a grid on unreported seeds -> configs/tuned/ --------------
+#   make tune MODEL=minilm METHOD=dora TASK=stsb LRS=1e-3,3e-3,1e-2 SEEDS=0 ARGS="data_dir=../shared/data"
+# A run uses the choice with 'trainer.lr=${tuned:}'.
+TUNE_RUNS ?= runs/tune
+LRS ?=
+SEEDS ?= 0
+METHOD ?=
+PROTOCOL ?= last
+.PHONY: tune
+tune: install ## pick trainer.lr for MODEL= METHOD= TASK= over LRS= on unreported SEEDS= -> configs/tuned/
+	$(PY) scripts/tune.py --model "$(MODEL)" --method "$(METHOD)" --task "$(TASK)" --lrs "$(LRS)" --seeds "$(SEEDS)" \
+	  --runs $(TUNE_RUNS) --jobs $(or $(filter-out 0,$(JOBS)),1) --protocol $(PROTOCOL) $(if $(DRY_RUN),--dry-run) \
+	  -- logger=none trainer.progress=false $(ARGS)
+
 # -- benchmark (scripts/bench.py): all methods in one process, interleaved, medians ----------------
 # e.g. make bench BENCH_ARGS="--methods lora,dora --steps 20 --threads 2"
 BENCH_ARGS ?=

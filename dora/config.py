@@ -7,6 +7,7 @@ value of the wrong type fails at composition. Methods and tasks register their o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,25 @@ class LoggerConfig:
 
 
 _REGISTERED = False
+TUNED_DIR = CONFIG_DIR / "tuned"
+
+
+def tuned_dir() -> Path:
+    return Path(os.environ.get("DORA_TUNED_DIR") or TUNED_DIR)
+
+
+def tuned(*, _root_) -> float:
+    """``trainer.lr=${tuned:}``: the learning rate ``make tune`` chose for this run's backbone, method and
+    task (configs/tuned/<model>_<method>_<task>.yaml)."""
+    model, method, task = _root_.model.name, _root_.method.name, _root_.task.name
+    path = tuned_dir() / f"{model}_{method}_{task}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in tuned_dir().glob("*.yaml"))
+        raise ValueError(
+            f"tuned: no tuned learning rate for model={model} method={method} task={task} ({path} is missing; "
+            f"run make tune MODEL={model} METHOD={method} TASK={task}); tuned files: {', '.join(have) or 'none'}"
+        )
+    return float(OmegaConf.load(path).lr)
 
 
 def pick(key, table):
@@ -173,6 +193,7 @@ def register_configs() -> None:
     from tasks import TASKS
 
     OmegaConf.register_new_resolver("pick", pick, replace=True)
+    OmegaConf.register_new_resolver("tuned", tuned, replace=True)
     cs = ConfigStore.instance()
     for group, node in (
         ("model", ModelConfig),

@@ -111,7 +111,7 @@ class Run:
     tracker: object
     data_notes: dict
     meter: LossMeter
-    trivial: dict  # "<split>/<metric>" -> score of the best constant predictor on that split
+    trivial: dict  # "<split>/<metric>" -> [score of each constant predictor on that split]
     progress: Progress = field(default_factory=Progress)
     history: list[dict] = field(default_factory=list)
     scalars: dict = field(default_factory=dict)  # the method's latest after_optimizer_step scalars
@@ -400,11 +400,11 @@ NOT_METRICS = ("epoch", "step", "diagnostics")
 
 
 def degenerate(metrics: dict, headline: str, trivial: dict) -> bool | None:
-    """The headline equals the best constant predictor's (MCC 0, majority-class accuracy): the model
-    has not left the trivial solution. None when the task has no trivial predictor (SQuAD, XSum)."""
+    """The headline equals a constant predictor's (MCC 0, majority- or minority-class accuracy): the
+    model has not left the trivial solution. None when the task has none (SQuAD, XSum)."""
     if headline not in trivial:
         return None
-    return abs(metrics[headline] - trivial[headline]) < 1e-6
+    return any(abs(metrics[headline] - t) < 1e-6 for t in trivial[headline])
 
 
 def best_entry(history: list[dict], headline: str, from_step: int) -> dict:
@@ -465,7 +465,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "metrics": metrics,
         "best": {k: v for k, v in best.items() if k not in ("step", "diagnostics")},
         "best_from_step": best_from,  # the paper's protocol: evaluations from this step on are eligible
-        "trivial": run.trivial,
+        "trivial": {k: max(v) for k, v in run.trivial.items()},  # the best constant predictor's score
         "degenerate": degenerate(metrics, run.task.headline, run.trivial),
         "precision": precision(run.accelerator),
         "diagnostics": diagnostics(run),

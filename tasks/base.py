@@ -46,9 +46,9 @@ class Task:
         """Metrics of one evaluation split as ``{"<split>/<metric>": value}`` (percentages)."""
         raise NotImplementedError
 
-    def trivial_scores(self, evals: dict) -> dict[str, float]:
-        """``{"<split>/<metric>": score}`` of the best constant predictor on each evaluation split, so a
-        run stuck at it can be flagged (result.json ``degenerate``). Empty: no trivial predictor."""
+    def trivial_scores(self, evals: dict) -> dict[str, list[float]]:
+        """``{"<split>/<metric>": [score of each constant predictor]}`` on each evaluation split, so a
+        run stuck at one can be flagged (result.json ``degenerate``). Empty: no trivial predictor."""
         return {}
 
     def data_notes(self) -> dict:

@@ -226,17 +226,16 @@ class Glue(Task):
         values = metrics.compute(self.spec.metrics, torch.cat(preds).numpy(), torch.cat(refs).numpy())
         return {f"{split}/{name}": v for name, v in values.items()}
 
-    def trivial_scores(self, evals: dict) -> dict[str, float]:
-        """Each metric's best value over the constant predictions (every class; for regression the
-        correlations of a constant are 0): majority-class accuracy, MCC 0, F1 of all-positive."""
+    def trivial_scores(self, evals: dict) -> dict[str, list[float]]:
+        """Each metric's value for every constant prediction (each class; for regression a constant,
+        whose correlations are 0): majority- and minority-class accuracy, MCC 0, F1 of all-positive."""
         out = {}
         for split, ds in evals.items():
             y = np.asarray(ds["labels"])
-            constants = [np.full(len(y), 0.0)] if self.spec.regression else [
-                np.full(len(y), k) for k in range(self.num_labels)
-            ]  # fmt: skip
+            classes = [0.0] if self.spec.regression else range(self.num_labels)
+            constants = [np.full(len(y), k) for k in classes]
             for name in self.spec.metrics:
-                out[f"{split}/{name}"] = max(metrics.compute([name], c, y)[name] for c in constants)
+                out[f"{split}/{name}"] = [metrics.compute([name], c, y)[name] for c in constants]
         return out
 
 
