@@ -466,6 +466,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "best": {k: v for k, v in best.items() if k not in ("step", "diagnostics")},
         "best_from_step": best_from,  # the paper's protocol: evaluations from this step on are eligible
         "trivial": {k: max(v) for k, v in run.trivial.items()},  # the best constant predictor's score
+        "constant_scores": run.trivial,  # every constant predictor's: a run at one of them is degenerate
         "degenerate": degenerate(metrics, run.task.headline, run.trivial),
         "precision": precision(run.accelerator),
         "diagnostics": diagnostics(run),
