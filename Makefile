@@ -130,6 +130,23 @@ mini-table: install ## MiniLM mini-reproduction: 75 runs on real GLUE data (CPU)
 mini-report: install ## rebuild MINI_OUT/table.md, table.csv, runs.csv, heatmap from MINI_OUT/runs (no training)
 	$(PY) scripts/mini_table.py --runs $(MINI_OUT)/runs --out $(MINI_OUT)
 
+# ==== MiniLM study (README "MiniLM study"): does dynamic rank allocation help? =========================
+# Stage 1 (precondition): LoRA and DynDoRA on CoLA and STS-B, 5 epochs, seeds 1-2 (8 runs, two at a time with
+# one thread each). Finished runs in STUDY_RUNS are skipped; their result.json files are copied to
+# STUDY_OUT/stage1/runs, from which `make study-report` rebuilds the tables and figures (no training).
+STUDY_RUNS ?= runs/study
+STUDY_OUT ?= results/study
+.PHONY: study1 study-report
+study1: install ## MiniLM study stage 1 (8 CPU runs, resumable), then study-report
+	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study1 --runs $(STUDY_RUNS)/stage1 --jobs $(MINI_JOBS) \
+	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
+	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage1 $(STUDY_OUT)/stage1/runs)
+	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
+
+study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), allocation diagnostics, curves
+	$(PY) scripts/make_tables.py --runs $(STUDY_OUT)/stage1/runs --out $(STUDY_OUT)/stage1 --protocol common
+	$(PY) scripts/figures.py --runs $(STUDY_OUT)/stage1/runs --out $(STUDY_OUT)/stage1/figures --model minilm
+
 # -- learning-rate selection (scripts/tune.py): a grid on unreported seeds -> configs/tuned/ --------------
 #   make tune MODEL=minilm METHOD=dora TASK=stsb LRS=1e-3,3e-3,1e-2 SEEDS=0 ARGS="data_dir=../shared/data"
 # A run uses the choice with 'trainer.lr=${tuned:}'.
