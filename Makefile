@@ -143,9 +143,33 @@ study1: install ## MiniLM study stage 1 (8 CPU runs, resumable), then study-repo
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage1 $(STUDY_OUT)/stage1/runs)
 	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
 
+# Stage 2: each method's learning rate per task, a 3-point grid on seed 0 (not reported) at stage 3's schedule
+# (configs/tuned/minilm_<method>_<task>.yaml). Stage 3: 4 methods x 4 tasks x seeds 1-5 = 80 runs at 2,000 steps.
+STUDY_TASKS ?= cola mrpc sst2 stsb
+STUDY_LRS_lora ?= 3e-4,1e-3,3e-3
+STUDY_LRS_adalora ?= 1e-3,3e-3,1e-2
+STUDY_LRS_dora ?= 1e-3,3e-3,1e-2
+STUDY3 = trainer.max_steps=2000 trainer.eval_every=250 trainer.batch_size=16 trainer.weight_decay=0.01 \
+  trainer.warmup_ratio=0.06 trainer.max_length=128 trainer.group_by_length=true trainer.checkpoint_every=200
+.PHONY: study2 study3
+study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (36 CPU runs)
+	@set -e; for m in lora adalora dora; do for t in $(STUDY_TASKS); do \
+	  lrs=$$(case $$m in lora) echo "$(STUDY_LRS_lora)";; adalora) echo "$(STUDY_LRS_adalora)";; *) echo "$(STUDY_LRS_dora)";; esac); \
+	  OMP_NUM_THREADS=1 $(PY) scripts/tune.py --model minilm --method $$m --task $$t --lrs $$lrs --seeds 0 \
+	    --runs $(STUDY_RUNS)/stage2 --jobs $(MINI_JOBS) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) \
+	    logger=none trainer.progress=false $(STUDY3) $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS); \
+	done; done
+
+study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report
+	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study3 --runs $(STUDY_RUNS)/stage3 --jobs $(MINI_JOBS) \
+	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
+	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage3 $(STUDY_OUT)/stage3/runs)
+	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
+
 study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), allocation diagnostics, curves
-	$(PY) scripts/make_tables.py --runs $(STUDY_OUT)/stage1/runs --out $(STUDY_OUT)/stage1 --protocol common
-	$(PY) scripts/figures.py --runs $(STUDY_OUT)/stage1/runs --out $(STUDY_OUT)/stage1/figures --model minilm
+	@for st in stage1 stage3; do if [ -d $(STUDY_OUT)/$$st/runs ]; then \
+	  $(PY) scripts/make_tables.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st --protocol common && \
+	  $(PY) scripts/figures.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st/figures --model minilm; fi; done
 
 # -- learning-rate selection (scripts/tune.py): a grid on unreported seeds -> configs/tuned/ --------------
 #   make tune MODEL=minilm METHOD=dora TASK=stsb LRS=1e-3,3e-3,1e-2 SEEDS=0 ARGS="data_dir=../shared/data"

@@ -52,6 +52,7 @@ TARGETS = {
     "mini": ("mini_dora", "mini_adalora", "mini_lora", "mini_bitfit", "mini_full"),
     # the MiniLM study (README "Does dynamic rank allocation help?"), stage 1: the precondition
     "study1": ("study1_lora", "study1_dora"),
+    "study3": ("study3_lora", "study3_adalora", "study3_dora", "study3_dora_noprune"),
 }
 # every experiment file is a target of its own too (files starting with "_" are shared parts, not grids)
 for _f in sorted((CONFIGS / "experiment").glob("[!_]*.yaml")):

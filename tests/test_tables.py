@@ -193,6 +193,7 @@ def test_every_experiment_composes_and_declares_only_its_sweep(experiment):
         ("table6", 75),
         ("fig2", 20),
         ("study1", 8),
+        ("study3", 80),
     ],
 )
 def test_dry_run_counts(target, count, tmp_path):

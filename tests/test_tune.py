@@ -97,3 +97,21 @@ def test_tune_refuses_a_bad_grid(lrs, tmp_path, capsys):
             ["--model", "m", "--method", "dora", "--task", "rte", "--lrs", lrs, "--runs", str(tmp_path)]
         )
     assert e.value.code == 2 and "--lrs" in capsys.readouterr().err
+
+
+def test_study3_runs_use_each_methods_tuned_rate(tmp_path, monkeypatch):
+    """Stage 3 of the MiniLM study reads stage 2's choice per method and task; DynDoRA without pruning
+    (init_ratio 1) shares DynDoRA's."""
+    monkeypatch.setenv("DORA_TUNED_DIR", str(tmp_path))
+    for method, lr in (("lora", 1e-3), ("dora", 1e-2)):
+        (tmp_path / f"minilm_{method}_cola.yaml").write_text(f"lr: {lr}\n")
+    jobs = {
+        e: grid.job_overrides(e, ["task=cola", "seed=1"])[0] for e in ("study3_lora", "study3_dora_noprune")
+    }
+    lora, noprune = (compose(*jobs[e]) for e in ("study3_lora", "study3_dora_noprune"))
+    assert lora.trainer.lr == 1e-3 and lora.trainer.max_steps == 2000 and lora.method.name == "lora"
+    assert (
+        noprune.trainer.lr == 1e-2
+        and noprune.method.init_ratio == 1.0
+        and noprune.method.prune_interval == 10
+    )
