@@ -557,6 +557,15 @@ def write_report(s: Scan, used: set[str], notes: list[str], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def precision_note(runs: list[dict]) -> str:
+    """Which arithmetic the table's runs used (result.json ``precision``; older runs did not record it)."""
+    counts: dict[str, int] = {}
+    for r in {r["_path"]: r for r in runs}.values():
+        kind = (r.get("precision") or {}).get("compute", "not recorded")
+        counts[kind] = counts.get(kind, 0) + 1
+    return "Arithmetic: " + ", ".join(f"{k} ({n} runs)" for k, n in sorted(counts.items())) + "."
+
+
 def table_model(table: Table, runs: list[dict], model: str | None) -> str:
     """The backbone a table counts: the one asked for, else the paper's when any of its runs exist, else
     the backbone with the most runs of the table's tasks and methods (said on stdout and in the title)."""
@@ -585,7 +594,10 @@ def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str
             continue
         if backbone != table.model:
             print(f"{table.name}: counting {backbone} runs (the paper's table is {table.model})")
-        footer = f"Failed runs: {len(s.failed)}, incomplete: {len(s.incomplete)} (not counted; see runs.md)."
+        footer = (
+            f"Failed runs: {len(s.failed)}, incomplete: {len(s.incomplete)} (not counted; see runs.md).\n\n"
+        )
+        footer += precision_note([r for c in cells for r in c.runs])
         write_md(table, cells, protocol, out_dir / f"{table.name}.md", footer, backbone)
         write_wide_csv(table, cells, out_dir / f"{table.name}.csv")
         write_tex(table, cells, protocol, out_dir / f"{table.name}.tex", backbone)

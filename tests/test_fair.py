@@ -123,6 +123,7 @@ def test_runs_of_another_configuration_never_share_a_cell_and_tables_say_what_ra
     make_tables.build(write(tmp_path / "runs", [*runs, demo]), out)
     c = cell(out, "best", "sst2", "full")
     assert (c["n"], float(c["mean"])) == ("3", 80.0)
+    assert "Arithmetic: not recorded (3 runs)." in (out / "table2.md").read_text()
     assert "excluded" in (out / "runs.md").read_text() and "run3" in (out / "runs.md").read_text()
     md = (out / "table2.md").read_text()
     assert md.startswith("# table2: all-MiniLM-L6-v2 (MiniLM) on GLUE (dev)") and "RoBERTa-base on" not in md
@@ -134,6 +135,7 @@ def test_dyndora_is_named_dyndora_in_tables(tmp_path):
     make_tables.build(write(tmp_path / "runs", [result("dora", 1, [(10, 80.0)], best_from_step=0)]), out)
     md = (out / "table2.md").read_text()
     assert "| DynDoRA (low) |" in md and "| DoRA" not in md
+    assert "Arithmetic: not recorded (1 runs)." in md
 
 
 def patterned(method, seed, ranks: dict, diag=None) -> dict:
