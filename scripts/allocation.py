@@ -132,20 +132,33 @@ def figure(rows: list[dict], runs: list[dict], out: Path) -> bool:
     if not scored and not moved:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    labels = [f"{r['task']}\n{'DynDoRA' if r['method'] == 'dora' else 'AdaLoRA'}" for r in scored]
-    left.bar(range(len(scored)), [r["mean_r"] for r in scored],
-             color=["tab:red" if r["method"] == "dora" else "tab:blue" for r in scored])  # fmt: skip
-    for i, r in enumerate(scored):
-        left.text(i, r["mean_r"], f"p={r['p']:.2g}", ha="center", va="bottom", fontsize=7)
+    tasks = sorted({r["task"] for r in scored})
+    for k, (method, name, color) in enumerate(
+        (("adalora", "AdaLoRA", "tab:blue"), ("dora", "DynDoRA", "tab:red"))
+    ):
+        mine = {r["task"]: r for r in scored if r["method"] == method}
+        xs = [i + (k - 0.5) * 0.38 for i, t in enumerate(tasks) if t in mine]
+        ys = [mine[t]["mean_r"] for t in tasks if t in mine]
+        left.bar(xs, ys, width=0.38, color=color, label=name)
+        for x, t in zip(xs, [t for t in tasks if t in mine], strict=True):
+            y = mine[t]["mean_r"]
+            left.text(
+                x, y, f"p={mine[t]['p']:.2g}", ha="center", va="bottom" if y >= 0 else "top", fontsize=6
+            )
     left.axhline(0, color="k", lw=0.8)
-    left.set_xticks(range(len(scored)), labels, fontsize=7)
+    left.set_xticks(range(len(tasks)), tasks)
     left.set_ylabel("mean pairwise r of final ranks")
     left.set_title("Is the allocation reproducible across seeds?", fontsize=9)
+    left.legend(fontsize=7)
     for task in sorted({r["task"] for r in moved}):
         pts = [
             (r["diagnostics"]["lr_sum"], r["diagnostics"]["b_cos_init"]) for r in moved if r["task"] == task
         ]
         right.scatter(*zip(*pts, strict=True), label=task, s=18)
+    if not moved:
+        right.text(
+            0.5, 0.5, "no DynDoRA run recorded its diagnostics", ha="center", transform=right.transAxes
+        )
     right.axhline(0.95, color="grey", ls="--", lw=0.8)
     right.set_xlabel("Σ lr of the run")
     right.set_ylabel("median cos(B_i, B_i at init)")
