@@ -20,6 +20,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from dora.argcheck import group_options
 from dora.config import CONFIG_DIR, GROUPS, register_configs
 from dora.errors import UserError, choices, one_line
 from dora.rundir import check_output_dir
@@ -28,11 +29,6 @@ from dora.rundir import check_output_dir
 def fail(message: str, code: int = 2):
     print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
-
-
-def group_options(group: str) -> list[str]:
-    """User-facing choices of a config group: its YAML files, minus internal ones (``_*``)."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
