@@ -51,6 +51,18 @@ def _values(override) -> list[str]:
         return []
 
 
+# The topmost folder above a single run's output_dir that did not exist before the run (Hydra creates
+# it): a refused run removes it again when it is empty, so `runs/<task>/<method>/<model>/` is not left.
+_NEW_PARENT: Path | None = None
+
+
+def _first_missing(path: Path) -> Path | None:
+    top = None
+    while not path.exists():
+        top, path = path, path.parent
+    return top
+
+
 def preflight(argv: list[str]) -> None:
     """Validate every group choice (each value of a sweep) and compose the first combination."""
     args = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
@@ -74,8 +86,11 @@ def preflight(argv: list[str]) -> None:
         )  # a bad ${pick:...} or ${oc.env:...} fails here, not mid-run
     except (HydraException, OmegaConfBaseException) as e:
         fail(explain(e, first))
+    global _NEW_PARENT
+    _NEW_PARENT = None
     if not multirun(argv):
         check_single_run(cfg, explicit_output=any(o.key_or_group == "output_dir" for o in overrides))
+        _NEW_PARENT = _first_missing(Path(cfg.output_dir).absolute().parent)
 
 
 def multirun(argv: list[str]) -> bool:
@@ -155,3 +170,11 @@ def _remove_partial(out_dir: Path) -> None:
     ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb", ".lock"}
     if out_dir.is_dir() and all(p.name in ours for p in out_dir.iterdir()):
         shutil.rmtree(out_dir, ignore_errors=True)
+    top = _NEW_PARENT
+    parent = out_dir.absolute().parent
+    while top is not None and parent.is_relative_to(top):
+        try:
+            parent.rmdir()  # only when empty: another run may have put its folder there meanwhile
+        except OSError:
+            break
+        parent = parent.parent

@@ -25,10 +25,48 @@ from dora import hub
 from dora.config import ModelConfig
 from dora.errors import UserError
 
-OFFLINE_HINT = (
-    "offline alternatives: model=minilm (pretrained, pip-installed), model=tiny_roberta / model=tiny_bart "
-    "(random init), or model.path=/a/local/model/dir"
-)
+# Families whose models have a decoder: only these can generate (head seq2seq). roberta and bert are
+# encoder-only; bart also has classification and QA heads, so it fits every task.
+ENCODER_DECODER = ("bart",)
+# the offline choices (nothing to download) the hub error suggests, where they fit the task
+OFFLINE_MODELS = {
+    "minilm": "pretrained, pip-installed",
+    "tiny_roberta": "random init",
+    "tiny_bart": "random init",
+}
+
+
+def model_families() -> dict[str, str]:
+    """model=<name> -> its architecture family, read from configs/model/*.yaml."""
+    from omegaconf import OmegaConf
+
+    from dora.argcheck import group_options
+    from dora.config import CONFIG_DIR
+
+    return {m: OmegaConf.load(CONFIG_DIR / "model" / f"{m}.yaml").family for m in group_options("model")}
+
+
+def fits(family: str, head: str) -> bool:
+    return head != "seq2seq" or family in ENCODER_DECODER
+
+
+def offline_hint(head: str) -> str:
+    """The offline alternatives that can build ``head`` (no encoder-only model for a seq2seq task)."""
+    families = model_families()
+    models = [f"model={m} ({why})" for m, why in OFFLINE_MODELS.items() if fits(families[m], head)]
+    return f"offline alternatives: {', '.join(models)}, or model.path=/a/local/model/dir"
+
+
+def check_fits(cfg: ModelConfig, head: str) -> None:
+    """One line, before anything loads, for a model that cannot build the task's head."""
+    if fits(cfg.family, head):
+        return
+    suited = sorted(m for m, family in model_families().items() if fits(family, head))
+    raise UserError(
+        f"model={cfg.name} is encoder-only ({cfg.family}); a {head} task needs an encoder-decoder: "
+        + ", ".join(f"model={m}" for m in suited)
+    )
+
 
 AUTO_CLASSES = {
     "seq_cls": AutoModelForSequenceClassification,
@@ -61,6 +99,7 @@ def load_backbone(cfg: ModelConfig, head: str, num_labels: int) -> Backbone:
     """Build ``AutoModelFor<head>`` and its tokenizer from the configured source."""
     if head not in AUTO_CLASSES:
         raise UserError(f"unknown head kind {head!r}; valid: {', '.join(AUTO_CLASSES)}")
+    check_fits(cfg, head)
     kwargs = {} if head == "seq2seq" else {"num_labels": num_labels}
     if head == "regression":
         kwargs["problem_type"] = "regression"
@@ -96,7 +135,8 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
     if not local and not hub.offline_env() and not hub.reachable():
         if not hub.cached_model(path):
             raise UserError(
-                f"cannot load model {path!r}: the Hugging Face Hub is unreachable and it is not cached; {OFFLINE_HINT}"
+                f"cannot load model {path!r}: the Hugging Face Hub is unreachable and it is not cached; "
+                + offline_hint(head)
             )
         kwargs = {**kwargs, "local_files_only": True}
     try:
@@ -107,7 +147,7 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
     except OSError as e:
         where = "local directory" if local else "the Hugging Face Hub or its local cache"
         raise UserError(
-            f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {OFFLINE_HINT}"
+            f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {offline_hint(head)}"
         ) from e
     return model, tokenizer
 

@@ -186,6 +186,37 @@ def test_unreachable_hub_is_one_line_with_offline_alternatives(monkeypatch):
         load_backbone(cfg.model, "seq_cls", 2)
 
 
+def test_the_offline_hint_names_only_models_that_fit_the_task(monkeypatch):
+    from dora import hub
+    from dora.models import load_backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    with pytest.raises(UserError, match=r"Hub is unreachable.*offline alternatives: model=tiny_bart") as e:
+        load_backbone(compose("task=xsum").model, "seq2seq", 0)
+    assert "minilm" not in str(e.value) and "tiny_roberta" not in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["minilm", "tiny_roberta"])
+def test_an_encoder_only_model_is_refused_for_xsum_and_leaves_no_folder(tmp_path, capsys, data_dir, model):
+    out = tmp_path / "new" / "deeper" / "run"
+    code, err = cli_inprocess(
+        capsys,
+        "task=xsum",
+        "method=lora",
+        f"model={model}",
+        f"data_dir={data_dir}",
+        "logger=none",
+        f"output_dir={out}",
+    )
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: model={model} is encoder-only ({'bert' if model == 'minilm' else 'roberta'}); a seq2seq task "
+        "needs an encoder-decoder: model=bart_base, model=bart_large, model=tiny_bart"
+    )
+    assert not (tmp_path / "new").exists()  # the folders the refused run created are gone again
+
+
 def test_minilm_loads_offline_from_the_pip_package():
     from dora.models import adapted_linears, load_backbone
 
