@@ -6,6 +6,7 @@ command line once before Hydra does and turns any problem into ``error: <what> ;
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from dora.argcheck import group_options
 from dora.config import CONFIG_DIR, GROUPS, register_configs
 from dora.errors import UserError, choices, one_line
 from dora.rundir import check_output_dir
+
+log = logging.getLogger(__name__)
 
 
 def fail(message: str, code: int = 2):
@@ -158,11 +161,19 @@ def run_job(cfg: DictConfig, out_dir: str) -> None:
     # concurrent run's, or hold checkpoints to resume
     fresh = not any(Path(out_dir, name).exists() for name in (".lock", "result.json"))
     try:
-        run(cfg, out_dir)
+        result = run(cfg, out_dir)
     except UserError as e:
         if fresh:
             _remove_partial(Path(out_dir))
         fail(str(e))
+    if result:  # rank 0: the run's last terminal line
+        log.info("result: %s -> %s", summary(result), Path(out_dir) / "result.json")
+
+
+def summary(result: dict) -> str:
+    """``dev/accuracy 81.20 (best 82.00, epoch 1)``: the headline metric, last and best."""
+    key = result["headline"]
+    return f"{key} {result['metrics'][key]:.2f} (best {result['best'][key]:.2f}, epoch {result['best']['epoch']})"
 
 
 def _remove_partial(out_dir: Path) -> None:

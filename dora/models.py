@@ -6,10 +6,13 @@ the adapter methods target (spec §1), so methods stay architecture-agnostic.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
+import transformers
 from torch import nn
 from transformers import (
     AutoModelForQuestionAnswering,
@@ -24,6 +27,13 @@ from transformers import (
 from dora import hub
 from dora.config import ModelConfig
 from dora.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Library noise a run's terminal should not show (it shows the bar, the evaluations and the result):
+transformers.utils.logging.disable_progress_bar()  # the "Loading weights" bar of every from_pretrained
+# PEFT reads this deprecated alias whenever it wraps a model (LoRA, AdaLoRA, DynDoRA's export)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # Families whose models have a decoder: only these can generate (head seq2seq). roberta and bert are
 # encoder-only; bart also has classification and QA heads, so it fits every task.
@@ -143,13 +153,38 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=kwargs.get("local_files_only", False)
         )
-        model = AUTO_CLASSES[head].from_pretrained(path, **kwargs)
+        model = _from_pretrained(AUTO_CLASSES[head], path, kwargs)
     except OSError as e:
         where = "local directory" if local else "the Hugging Face Hub or its local cache"
         raise UserError(
             f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {offline_hint(head)}"
         ) from e
     return model, tokenizer
+
+
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return record.funcName != "log_state_dict_report"
+
+
+def _from_pretrained(auto_class, path: str, kwargs: dict) -> nn.Module:
+    """``from_pretrained`` without transformers' coloured LOAD REPORT table, which lists the task head
+    as MISSING on every run (it is new by design); weights missing outside the head get one line."""
+    report = logging.getLogger("transformers.modeling_utils")  # not its level: transformers reads that
+    report.addFilter(_no_load_report)
+    try:
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        report.removeFilter(_no_load_report)
+    body = [k for k in info.get("missing_keys", ()) if not k.startswith(HEAD_PREFIXES)]
+    if body:
+        shown = ", ".join(sorted(body)[:5]) + (", ..." if len(body) > 5 else "")
+        log.warning(
+            "%s: %d weights outside the task head are not in the checkpoint (random init): %s",
+            path,
+            len(body),
+            shown,
+        )
+    return model
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:

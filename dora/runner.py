@@ -30,6 +30,7 @@ from accelerate.utils import gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from dora import checkpoint, rundir
@@ -525,7 +526,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 "train and evaluation splits come from one original split (%s): not comparable with official dev numbers",
                 r.task.data_notes()["same_source"],
             )
-        with failure_record(r):
+        with failure_record(r), logging_redirect_tqdm():  # log lines go above the bar, not onto it
             restore(r)
             timing = train(r) | {"setup_s": setup_s}
             distributed = ranks_agree(r)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from safetensors.torch import load_file
 
 from dora.errors import UserError
 from dora.runner import best_entry
-from tests.helpers import cli_inprocess, compose, run_cli, run_inprocess
+from tests.helpers import REPO, cli_inprocess, compose, run_cli, run_inprocess
 
 RESULT_KEYS = {
     "task",
@@ -215,6 +217,60 @@ def test_an_encoder_only_model_is_refused_for_xsum_and_leaves_no_folder(tmp_path
         "needs an encoder-decoder: model=bart_base, model=bart_large, model=tiny_bart"
     )
     assert not (tmp_path / "new").exists()  # the folders the refused run created are gone again
+
+
+def test_a_run_prints_the_bar_one_line_per_evaluation_and_the_result(tmp_path, data_dir):
+    """What a terminal shows (stdout and stderr in one stream): no warnings, no colour codes, and every
+    evaluation line starts on a line of its own instead of being glued onto the progress bar."""
+    out = tmp_path / "OUT"
+    args = ["task=rte", "method=dora", "model=tiny_roberta", f"data_dir={data_dir}", "trainer.max_steps=6",
+            "trainer.eval_every=3", "trainer.batch_size=8", "logger=none", f"output_dir={out}"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    shown = [line.split("\r")[-1] for line in proc.stdout.splitlines()]  # what stays visible per line
+    assert "Warning" not in proc.stdout and "\x1b[" not in proc.stdout, proc.stdout
+    evals = [line for line in shown if "eval epoch" in line]
+    assert len(evals) == 2 and all(line.startswith("[") for line in evals), shown
+    assert "train: 100%" in proc.stdout  # the bar itself is there
+    assert shown[-1].endswith(f"result: dev/accuracy {json.loads((out / 'result.json').read_text())['metrics']['dev/accuracy']:.2f} "
+                              f"(best {json.loads((out / 'result.json').read_text())['best']['dev/accuracy']:.2f}, epoch 1) -> {out / 'result.json'}")  # fmt: skip
+
+
+def test_a_pretrained_load_prints_no_report_and_names_missing_body_weights(tmp_path, capfd, caplog):
+    """transformers' LOAD REPORT (ANSI table listing the new head as MISSING) is gone; weights missing
+    outside the head, a real problem, still get one warning line."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    from dora.config import ModelConfig
+    from dora.models import byte_level_tokenizer, load_backbone
+
+    folder = tmp_path / "bert"
+    config = BertConfig(
+        vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(folder)
+    byte_level_tokenizer().save_pretrained(folder)
+    cfg = ModelConfig(name="local", family="bert", source="hub", path=str(folder))
+    load_backbone(cfg, "seq_cls", 2)
+    assert "LOAD REPORT" not in capfd.readouterr().err and not caplog.records  # only the head is new
+    weights = load_file(folder / "model.safetensors")
+    del weights["encoder.layer.0.output.dense.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    load_backbone(cfg, "seq_cls", 2)
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.err + captured.out and "\x1b[" not in captured.err
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: 1 weights outside the task head are not in the checkpoint (random init): "
+        "bert.encoder.layer.0.output.dense.weight"
+    ]
 
 
 def test_minilm_loads_offline_from_the_pip_package():
