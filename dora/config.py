@@ -106,6 +106,9 @@ class TrainerConfig:
     mixed_precision: str = "no"
     cpu: bool = False  # force the CPU even when a GPU is present
     num_workers: int = 0
+    # torch's CPU threads (intra-op) for this run; null: OMP_NUM_THREADS when set (grids and joblib set
+    # it per job), else min(cores, 4). Numbers on the CPU depend on it (reductions split by thread).
+    threads: int | None = None
     progress: bool = True
     # checkpoints (dora/checkpoint.py): every N optimizer steps (0: epoch ends only) and at every epoch
     # end; the newest ``keep_checkpoints`` stay. Re-running with the same output_dir resumes exactly.
@@ -126,6 +129,7 @@ class TrainerConfig:
             "lr": self.lr is None or self.lr > 0,
             "max_length": self.max_length is None or self.max_length > 0,
             "max_steps": self.max_steps == -1 or self.max_steps > 0,
+            "threads": self.threads is None or self.threads > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "keep_checkpoints": self.keep_checkpoints >= 1,
         }

@@ -68,6 +68,14 @@ def _offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_per_run(monkeypatch):
+    """Runs started by tests (in this process or as subprocesses) take trainer.threads=null, i.e.
+    OMP_NUM_THREADS: one thread, as the ``one_thread`` fixtures here, so that in-process and CLI runs of
+    one configuration compute bit-identically and tiny models don't fight over a shared CPU."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models on a shared 2-core CPU: one intra-op thread is faster than two competing ones

@@ -103,6 +103,7 @@ QUICK = [
     ["trainer.epochs=many"],
     ["trainer.lr=-1"],
     ["trainer.batch_size=0"],
+    ["trainer.threads=0"],
     ["trainer.mixed_precision=fp8"],
     ["logger.mode=sometimes"],
     ["model.source=ftp"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -67,6 +68,7 @@ def test_result_contract(bitfit_run):
     assert r["metrics"]["dev/accuracy"] == r["history"][-1]["dev/accuracy"]
     assert r["best"]["dev/accuracy"] == max(h["dev/accuracy"] for h in r["history"])
     assert r["timing"]["steps"] == 12 and r["timing"]["samples_per_s"] > 0
+    assert r["timing"]["threads"] == 1  # trainer.threads=null follows OMP_NUM_THREADS (1 in the tests)
     assert r["config"]["trainer"]["max_steps"] == 12 and r["config"]["output_dir"].endswith("run")
     assert set(r["env"]["versions"]) >= {"torch", "transformers"}
     assert (tmp / "run" / "config.yaml").is_file()
@@ -186,6 +188,20 @@ def test_unreachable_hub_is_one_line_with_offline_alternatives(monkeypatch):
     cfg = compose("task=rte", "model=roberta_base")
     with pytest.raises(UserError, match=r"Hub is unreachable.*model=minilm"):
         load_backbone(cfg.model, "seq_cls", 2)
+
+
+def test_threads_explicit_or_from_omp_num_threads_else_at_most_four(monkeypatch):
+    from dora.runner import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(3) == torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert set_threads(None) == torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads(None) == min(len(os.sched_getaffinity(0)), 4)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_offline_hint_names_only_models_that_fit_the_task(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,6 +210,24 @@ def test_dry_run_skips_finished_runs_and_tables_share_folders(tmp_path, capsys):
     assert grid.main(["table2", "--runs", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "table2: 480 runs, 1 done, 479 to run" in out and str(done) not in out
+
+
+def test_costs_are_gpu_hours_for_paper_grids_and_cpu_run_hours_for_the_cpu_grid(tmp_path, capsys):
+    assert grid.main(["mini", "--runs", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # calibrated on the measured mini-table: 75 runs in 4.24 run-hours
+    assert "mini: 75 runs, 0 done, 75 to run; about 4.2 CPU run-hours" in out and "GPU" not in out
+    assert grid.main(["table2", "--runs", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-hours (rough: A100-class GPU" in out and "CPU" not in out
+
+
+def test_parallel_grid_runs_share_the_cpu_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert grid.job_env({}, 2, 1)["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    assert grid.job_env({}, 64, 1)["OMP_NUM_THREADS"] == "1"
+    assert grid.job_env({"OMP_NUM_THREADS": "3"}, 2, 1)["OMP_NUM_THREADS"] == "3"  # the caller's wins
+    assert "OMP_NUM_THREADS" not in grid.job_env({}, 1, 1)  # one run at a time: trainer.threads decides
 
 
 def test_command_line_overrides_replace_the_configs_sweep(tmp_path):
