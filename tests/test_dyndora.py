@@ -313,9 +313,11 @@ def test_roberta_base_and_bart_targets():
     assert len(names) == 96
     rows, cols, grid = rank_grid(dict.fromkeys(names, 2))
     assert "self Wq" in rows and "cross Wq" in rows and len(rows) == 10
-    assert cols[0] == "enc0" and cols[-1] == "dec5"
-    enc_cross = grid[rows.index("cross Wq")][cols.index("enc0")]
+    assert cols[0] == "enc1" and cols[-1] == "dec6"  # layers numbered from 1, as the paper's Figure 2
+    enc_cross = grid[rows.index("cross Wq")][cols.index("enc1")]
     assert enc_cross != enc_cross  # NaN: encoder layers have no cross-attention
+    rows, cols, _ = rank_grid({n: 2 for n, _ in targets})
+    assert rows == ["Wq", "Wk", "Wv", "Wo", "Wf1", "Wf2"] and cols == [str(i) for i in range(1, 13)]
 
 
 # -- end to end ------------------------------------------------------------------------------------
