@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv with torch (CPU build) and the project
 
-test: install ## run the fast offline test suite (tiny models, shared/data via DORA_DATA_DIR)
+test: install ## run the fast offline test suite (tiny models, data/fixtures; full-file checks need DORA_DATA_DIR)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: install ## the test suite including slow tests
@@ -37,14 +37,15 @@ format: install ## ruff format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 DEMO_DIR ?= runs/demo
+DEMO_ARGS ?=
 demo: install ## offline demo: real all-MiniLM-L6-v2 fine-tuned on a 4000-example slice of real SST-2 (CPU, minutes)
 	rm -rf $(DEMO_DIR)
 	$(PY) run.py task=sst2 method=full model=minilm data_dir=data/demo \
 	  trainer.epochs=2 trainer.batch_size=32 trainer.lr=5e-5 trainer.max_length=64 \
-	  logger=none output_dir=$(DEMO_DIR)
+	  logger=none output_dir=$(DEMO_DIR) $(DEMO_ARGS)
 	@$(PY) -c "import json; r = json.load(open('$(DEMO_DIR)/result.json')); \
 	  print(f\"SST-2 dev accuracy {r['metrics']['dev/accuracy']:.2f}% after {r['timing']['steps']} steps, \
-	  {r['timing']['train_s']:.0f} s training; result: $(DEMO_DIR)/result.json\")"
+	  {r['timing']['train_s']:.0f} s training with {r['timing']['threads']} threads; result: $(DEMO_DIR)/result.json\")"
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf runs multirun outputs .pytest_cache .ruff_cache

@@ -161,10 +161,17 @@ def set_threads(threads: int | None) -> int:
     OMP_NUM_THREADS when set, else min(usable cores, 4). Small models gain little past 4 threads, and on
     a shared CPU threads that wait for busy cores cost far more than they give (issue 17: 8.3 s/step
     with 2 threads against 2.0 s/step with 1 on a loaded 2-core machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = int(env) if env.isdigit() and int(env) > 0 else min(cores, 4)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads > 1 and load > cores:  # advice only: the thread count stays what the config says
+        log.warning(
+            "load average %.1f on %d cores: %d threads will wait for each other; trainer.threads=1 is "
+            "likely faster on this busy machine",
+            load, cores, threads,
+        )  # fmt: skip
     torch.set_num_threads(threads)
     return threads
 
