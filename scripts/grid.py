@@ -77,7 +77,7 @@ TOKENS_PER_S = {
 # project's 2-core AMD EPYC, one thread per run, two runs at once: 21,300 optimizer steps x 16 x 128
 # padded tokens = 43.6M tokens in 4.24 run-hours (15,264 s), setup and evaluation included.
 CPU_TOKENS_PER_S = {"minilm": 2_860}
-CPU_GRIDS = ("mini",)  # targets (and their experiment files, mini_*) meant for the CPU
+CPU_GRIDS = ("mini", "study")  # targets (and their experiment files) meant for the CPU: MiniLM grids
 NON_GLUE_TRAIN = {"squad_v1": 87_599, "squad_v2": 130_319, "xsum": 204_045}
 GLUE_CORPUS = {"RTE": "rte", "MRPC": "mrpc", "STS-B": "stsb", "CoLA": "cola", "SST-2": "sst2"}
 GLUE_CORPUS |= {"QNLI": "qnli", "QQP": "qqp", "MNLI": "mnli"}
@@ -189,7 +189,7 @@ def _setting(ov: dict, key: str, task: str, method: str, default, body: dict | N
 
 def device_of(target: str) -> str:
     """``cpu`` for the grids meant for the CPU (their costs are CPU run-hours), ``gpu`` otherwise."""
-    return "cpu" if target.split("_")[0] in CPU_GRIDS else "gpu"
+    return "cpu" if target.startswith(CPU_GRIDS) else "gpu"
 
 
 def estimate_seconds(overrides: list[str], experiment: str | None = None, device: str = "gpu") -> float:

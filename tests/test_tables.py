@@ -220,6 +220,8 @@ def test_costs_are_gpu_hours_for_paper_grids_and_cpu_run_hours_for_the_cpu_grid(
     assert grid.main(["table2", "--runs", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "GPU-hours (rough: A100-class GPU" in out and "CPU" not in out
+    devices = [grid.device_of(t) for t in ("study1", "study3", "mini_dora", "sweep-dem")]
+    assert devices == ["cpu", "cpu", "cpu", "gpu"]
 
 
 def test_parallel_grid_runs_share_the_cpu_cores():
