@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -191,6 +190,8 @@ def register_configs() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
+    from hydra.core.config_store import ConfigStore  # here, not at import: dora.dyndora needs no Hydra
+
     import dora.methods  # noqa: F401  (self-registering plug-ins)
     import tasks  # noqa: F401
     from dora.methods import METHODS

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dora.methods.dyndora.layer import DynDoRALinear, unwrap
+from dora.methods.dyndora.layer import DynDoRAConv1D, DynDoRALinear, unwrap
 
 PEFT_TASK_TYPES = {
     "seq_cls": "SEQ_CLS",
@@ -28,11 +28,29 @@ def lora_weights(layer: DynDoRALinear) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def export_peft(model: nn.Module, layers: dict[str, DynDoRALinear], head: str, head_prefixes, cfg, out: Path):
-    """Write ``out`` as a LoRA adapter (``cfg``: the method config, for α and dropout) that plain ``PeftModel.from_pretrained(base, out)`` loads.
+# The PEFT task type of a model class, by the suffix of its name (None: a bare model, PeftModel itself).
+_TASK_SUFFIXES = (
+    ("ForCausalLM", "CAUSAL_LM"),
+    ("LMHeadModel", "CAUSAL_LM"),
+    ("ForSequenceClassification", "SEQ_CLS"),
+    ("ForQuestionAnswering", "QUESTION_ANS"),
+    ("ForTokenClassification", "TOKEN_CLS"),
+    ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+)
+
+
+def peft_task_type(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    return next((task for suffix, task in _TASK_SUFFIXES if name.endswith(suffix)), None)
+
+
+def export_peft(model: nn.Module, layers: dict[str, DynDoRALinear], out: Path, alpha: float, dropout: float,
+                modules_to_save, task_type: str | None):  # fmt: skip
+    """Write ``out`` as a LoRA adapter that plain ``PeftModel.from_pretrained(base, out)`` loads.
 
     Per module: rank k = active components, ``alpha_pattern`` = α·k/r' so PEFT's scaling α_m/k equals
-    DynDoRA's α/r'; gates are folded into B; the task head is a module to save."""
+    DynDoRA's α/r'; gates are folded into B; ``modules_to_save`` (the task head) are saved whole. GPT-2's
+    Conv1D targets are exported with ``fan_in_fan_out`` (PEFT's flag for a transposed weight)."""
     from peft import LoraConfig, get_peft_model
 
     factors = {name: lora_weights(layer) for name, layer in layers.items()}
@@ -40,16 +58,20 @@ def export_peft(model: nn.Module, layers: dict[str, DynDoRALinear], head: str, h
     if not ranks:
         raise ValueError("every DynDoRA component is pruned: nothing to export")
     r_init = next(iter(layers.values())).r_init
+    conv1d = [isinstance(layers[name], DynDoRAConv1D) for name in ranks]
+    if any(conv1d) and not all(conv1d):
+        raise ValueError("cannot export Conv1D and nn.Linear targets in one PEFT adapter (fan_in_fan_out)")
     config = LoraConfig(
         r=max(ranks.values()),
-        lora_alpha=cfg.alpha,
+        lora_alpha=alpha,
         target_modules=sorted(ranks),
         rank_pattern=ranks,
-        alpha_pattern={name: cfg.alpha * k / r_init for name, k in ranks.items()},
-        lora_dropout=cfg.dropout,
+        alpha_pattern={name: alpha * k / r_init for name, k in ranks.items()},
+        lora_dropout=dropout,
         bias="none",
-        modules_to_save=list(head_prefixes) or None,
-        task_type=PEFT_TASK_TYPES.get(head),
+        modules_to_save=list(modules_to_save) or None,
+        task_type=task_type,
+        fan_in_fan_out=all(conv1d),
     )
     base = unwrap(copy.deepcopy(model).cpu(), list(layers), merge=False)  # trained head, frozen W0
     peft_model = get_peft_model(base, config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 class DynDoRALinear(nn.Module):
@@ -23,8 +24,8 @@ class DynDoRALinear(nn.Module):
         self.r_init = r_init
         self.scaling = alpha / r_init  # α/r'
         kw = {"dtype": base.weight.dtype, "device": base.weight.device}
-        self.lora_A = nn.Parameter(torch.empty(r_init, base.in_features, **kw))
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, r_init, **kw))
+        self.lora_A = nn.Parameter(torch.empty(r_init, self.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r_init, **kw))
         self.lora_c = nn.Parameter(torch.zeros(r_init, dtype=torch.float32, device=base.weight.device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         nn.init.kaiming_uniform_(self.lora_A)  # a=0: bound sqrt(6 / d_in), as nn.Linear(d_in, r') in the code
@@ -62,16 +63,39 @@ class DynDoRALinear(nn.Module):
         """ΔW = (α/r')·B·diag(c)·A in fp32, shape (d_out, d_in)."""
         return self.scaling * (self.lora_B.float() * self.lora_c) @ self.lora_A.float()
 
+    def base_delta(self) -> torch.Tensor:
+        """ΔW laid out like the wrapped layer's weight (what merging adds to it), fp32."""
+        return self.delta_weight()
+
     def extra_repr(self) -> str:
         return f"r'={self.r_init}, scaling={self.scaling:g}"
 
 
-def inject(model: nn.Module, targets: list[tuple[str, nn.Linear]], r_init: int, alpha: float, dropout: float):
-    """Replace each (name, linear) of ``targets`` by a DynDoRALinear; returns the new layers in order."""
+class DynDoRAConv1D(DynDoRALinear):
+    """DynDoRA around GPT-2's ``Conv1D``: a linear whose weight is stored transposed, (d_in, d_out).
+
+    Only the shapes differ: A is (r', d_in) and B (d_out, r') as for ``nn.Linear``, the forward is the
+    same (the base layer computes x·W + b itself), and merging adds ΔWᵀ to the stored weight."""
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.nx
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.nf
+
+    def base_delta(self) -> torch.Tensor:
+        return self.delta_weight().T  # (d_in, d_out), Conv1D's layout
+
+
+def inject(model: nn.Module, targets: list[tuple[str, nn.Module]], r_init: int, alpha: float, dropout: float):
+    """Replace each (name, linear or Conv1D) of ``targets`` by a DynDoRA layer; returns them in order."""
     layers = []
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
-        layer = DynDoRALinear(linear, r_init, alpha, dropout)
+        kind = DynDoRAConv1D if isinstance(linear, Conv1D) else DynDoRALinear
+        layer = kind(linear, r_init, alpha, dropout)
         setattr(model.get_submodule(parent_name), attr, layer)
         layers.append(layer)
     return layers
@@ -88,6 +112,6 @@ def unwrap(model: nn.Module, names: list[str], merge: bool) -> nn.Module:
         base = layer.base_layer
         if merge:
             with torch.no_grad():
-                base.weight.copy_((base.weight.float() + layer.delta_weight()).to(base.weight.dtype))
+                base.weight.copy_((base.weight.float() + layer.base_delta()).to(base.weight.dtype))
         setattr(parent, attr, base)
     return model

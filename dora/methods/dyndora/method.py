@@ -23,7 +23,6 @@ Paper variants: ``dem_norm=paper`` (R/n, Eq. 10); ``dem_coef=0`` (no DEM, Table 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +32,14 @@ from torch import nn
 from dora.config import MethodConfig
 from dora.errors import UserError
 from dora.methods import METHODS
-from dora.methods.base import Method, freeze_all_but
-from dora.methods.dyndora.allocator import RankAllocator, Schedule
-from dora.methods.dyndora.export import export_peft, save_heatmap
-from dora.methods.dyndora.layer import inject, unwrap
+from dora.methods.base import Method
+from dora.methods.dyndora import api
+from dora.methods.dyndora.allocator import Schedule
+from dora.methods.dyndora.api import DynDoRAController, check_knobs, initial_rank
+from dora.methods.dyndora.export import PEFT_TASK_TYPES, save_heatmap
 from dora.models import adapted_linears
+
+__all__ = ["DynDoRA", "DynDoRAConfig", "initial_rank"]
 
 log = logging.getLogger(__name__)
 
@@ -81,37 +83,22 @@ class DynDoRAConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        checks = {
-            "init_ratio": self.init_ratio >= 1,
-            "dem_coef": self.dem_coef >= 0,
-            "prune_interval": self.prune_interval > 0,
-            "warmup_frac": 0 <= self.warmup_frac < 1,
-            "final_frac": 0 <= self.final_frac < 1,
-            "ema_beta": 0 <= self.ema_beta < 1,
-            "alpha": self.alpha > 0,
-            "dropout": 0 <= self.dropout < 1,
-            "eps": self.eps >= 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"method.{key}={getattr(self, key)} is out of range")
-        if self.warmup_frac + self.final_frac >= 1:
-            raise ValueError(
-                f"method.warmup_frac + method.final_frac = {self.warmup_frac + self.final_frac}; must be < 1 "
-                "(no steps left for pruning)"
-            )
-        if self.dem_norm not in ("code", "paper"):
-            raise ValueError(f"method.dem_norm={self.dem_norm!r}; valid: code, paper")
+        check_knobs(self, "method.")
 
-
-def initial_rank(init_ratio: float, r: int) -> int:
-    """r' = ceil(ratio·r), robust to float noise (1.1·10 is 11.000000000000002, r' must be 11)."""
-    return math.ceil(round(init_ratio * r, 9))
+    def adapter(self, r: int, targets: list[str], heads: tuple[str, ...]) -> api.DynDoRAConfig:
+        """The public API's config (dora.dyndora.DynDoRAConfig) with these knobs, for these matrices."""
+        knobs = ("init_ratio", "dem_coef", "prune_interval", "warmup_frac", "final_frac", "ema_beta")
+        knobs += ("alpha", "dropout", "dem_norm", "eps")
+        values = {k: getattr(self, k) for k in knobs}
+        return api.DynDoRAConfig(r=r, target_modules=list(targets), modules_to_save=list(heads), **values)
 
 
 @METHODS.register("dora", config=DynDoRAConfig)
 class DynDoRA(Method):
-    """DynDoRA: rank-1 components with gates, pruned globally by importance, plus the DEM loss."""
+    """DynDoRA: rank-1 components with gates, pruned globally by importance, plus the DEM loss.
+
+    A thin plug-in around the public API's controller (dora.methods.dyndora.api, exported as
+    ``dora.dyndora``): the harness and users' own training loops run the same code."""
 
     uses_budget = True
 
@@ -120,40 +107,50 @@ class DynDoRA(Method):
         targets = adapted_linears(model, info.family)
         if not targets:
             raise UserError(f"method=dora found no target linear layers for model family {info.family!r}")
-        r = self.budget.rank
-        self.r_init = initial_rank(cfg.init_ratio, r)
-        self.names = [name for name, _ in targets]
-        self.layers = inject(model, targets, self.r_init, cfg.alpha, cfg.dropout)
-        freeze_all_but(model, lambda name: ".lora_" in name or self.is_head(name))  # A, B, c and the head
-        fracs = (cfg.warmup_frac, cfg.final_frac, cfg.prune_interval)
-        sched = Schedule.build(info.total_steps, *fracs, len(targets), self.r_init, r)
-        self.allocator = RankAllocator(self.layers, sched, cfg.ema_beta, cfg.eps)
+        adapter = cfg.adapter(self.budget.rank, [name for name, _ in targets], info.head_prefixes)
+        self.controller = DynDoRAController(model, adapter, targets, info.head_prefixes, info.total_steps)
         # initial A and B (a resumed run rebuilds the same ones from the seed): how far training moved them
         self.init_factors = [(m.lora_A.detach().clone(), m.lora_B.detach().clone()) for m in self.layers]
+        sched = self.schedule
         log.info(
             "DynDoRA: %d matrices, r'=%d -> r=%d (%d -> %d components); T=%d, pruning steps %d..%d every %d",
-            len(targets), self.r_init, r, sched.n_components, len(targets) * r,
+            len(targets), self.r_init, adapter.r, sched.n_components, len(targets) * adapter.r,
             sched.total_steps, sched.warmup, sched.last_step, sched.interval,
         )  # fmt: skip
         return model
 
+    # the controller's parts, under the names the harness and its tests use
+    @property
+    def layers(self):
+        return self.controller.layers
+
+    @property
+    def names(self) -> list[str]:
+        return self.controller.names
+
+    @property
+    def r_init(self) -> int:
+        return self.controller.r_init
+
+    @property
+    def allocator(self):
+        return self.controller.allocator
+
     @property
     def schedule(self) -> Schedule:
-        return self.allocator.schedule
+        return self.controller.schedule
 
     # -- training hooks ------------------------------------------------------------------------
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         """η·R while the scores are updated (steps ≤ t_i + Q ≈ 0.5·T, as the code); None after."""
-        if self.cfg.dem_coef == 0 or step > self.schedule.last_step:
-            return None
-        return self.cfg.dem_coef * self.allocator.dem(self.cfg.dem_norm)
+        return self.controller.extra_loss(step)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict:
         if total_steps != self.schedule.total_steps:
             raise RuntimeError(
                 f"DynDoRA was built for T={self.schedule.total_steps}, the runner says {total_steps}"
             )
-        return self.allocator.step(step)
+        return self.controller.after_optimizer_step(step)
 
     def best_from_step(self, total_steps: int) -> int:
         return self.schedule.last_step  # evaluations after the last pruning event
@@ -180,33 +177,31 @@ class DynDoRA(Method):
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.allocator.state_dict()
+        return self.controller.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.allocator.load_state_dict(state)
+        self.controller.load_state_dict(state)
 
     # -- reporting -----------------------------------------------------------------------------
     def rank_pattern(self, model: nn.Module | None = None) -> dict[str, int]:
         """Active (non-zero gate) components per adapted matrix."""
-        return dict(zip(self.names, self.allocator.active().tolist(), strict=True))
+        return self.controller.rank_pattern()
 
     def budget_history(self) -> list[list[int]]:
         """[step, active components] at every pruning event."""
-        return self.allocator.budget_history()
+        return self.controller.budget_history()
 
     def budget_params(self, model: nn.Module) -> int:
         """Σ active components × (d_in + d_out) over adapted matrices; head and gates excluded (spec §6)."""
-        active = self.allocator.active().tolist()
-        return sum(k * (m.in_features + m.out_features) for k, m in zip(active, self.layers, strict=True))
+        return self.controller.budget_params()
 
     # -- export --------------------------------------------------------------------------------
     def export(self, model: nn.Module, out_dir: str | Path) -> None:
         """``peft_lora/`` (standard PEFT LoRA adapter) and ``rank_heatmap.png`` in the run folder."""
         out_dir = Path(out_dir)
-        layers = dict(zip(self.names, self.layers, strict=True))
-        export_peft(model, layers, self.info.head, self.info.head_prefixes, self.cfg, out_dir / "peft_lora")
+        self.controller.export_peft(out_dir / "peft_lora", task_type=PEFT_TASK_TYPES.get(self.info.head))
         save_heatmap(self.rank_pattern(model), self.r_init, out_dir / "rank_heatmap.png")
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold ΔW = (α/r')·B·diag(c)·A into W0 (in fp32) and put the plain linears back."""
-        return unwrap(model, self.names, merge=True)
+        return self.controller.merge()
