@@ -192,3 +192,15 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: install ## step time, samples/s, peak memory of every method vs LoRA -> results/bench/<device>.json
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# -- DynDoRA outside the harness (dora.dyndora): LLM-shape bench and the two offline examples ----------
+BENCH_LLM_ARGS ?= --threads 1
+.PHONY: bench-llm example-minilm example-llama
+bench-llm: install ## DynDoRA vs PEFT LoRA on Llama-style blocks (hidden 2048) -> results/bench/llm_<device>.json
+	$(PY) scripts/bench_llm.py $(BENCH_LLM_ARGS)
+
+example-minilm: install ## HF Trainer + DynDoRA: real all-MiniLM-L6-v2 on the SST-2 slice in data/demo (CPU, minutes)
+	$(PY) examples/minilm_sst2_trainer.py
+
+example-llama: install ## tiny random-init Llama causal LM with DynDoRA -> PEFT adapter, logits checked
+	$(PY) examples/llama_causal_lm.py

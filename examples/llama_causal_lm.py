@@ -10,6 +10,7 @@ Checks at the end: the PEFT-loaded model's logits and the merged model's logits 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import torch
 from peft import PeftModel
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-from dora.dyndora import DynDoRAConfig, DynDoRATrainer, inject_dyndora
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dora, from anywhere
+
+from dora.dyndora import DynDoRAConfig, DynDoRATrainer, inject_dyndora  # noqa: E402
 
 TEXT = Path(__file__).resolve().parent.parent / "data" / "demo" / "glue" / "SST-2" / "train.tsv"
 BLOCK = 64  # tokens (bytes) per training sequence

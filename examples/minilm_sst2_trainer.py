@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from dora.dyndora import DynDoRAConfig, DynDoRATrainer, inject_dyndora
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dora, from anywhere
+
+from dora.dyndora import DynDoRAConfig, DynDoRATrainer, inject_dyndora  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "demo" / "glue" / "SST-2"
 
