@@ -340,3 +340,37 @@ def test_trainer_resume_from_checkpoint_gives_the_uninterrupted_run(tmp_path, on
     (tmp_path / "cut" / "checkpoint-30" / STATE_FILE).unlink()  # without its DynDoRA state ...
     with pytest.raises(FileNotFoundError, match="DynDoRA state"):  # ... a resume refuses to go on
         trainer_run(tmp_path / "cut", resume=True)
+
+
+def lm_dataset(n: int = 40, length: int = 8) -> list[dict]:
+    ids = torch.randint(3, V, (n, length), generator=torch.Generator().manual_seed(3))
+    return [{"input_ids": x, "labels": x} for x in ids]
+
+
+@pytest.mark.parametrize("kind", ["seq_cls", "causal_lm"])
+def test_dem_enters_each_step_once_under_gradient_accumulation(kind, tmp_path, one_thread):
+    """Batch 4 in one micro-batch or in 2 x 2 with gradient accumulation: the same run. The Trainer divides
+    a mean loss by the accumulation steps itself (RoBERTa classification) but not a loss normalised over the
+    whole accumulated batch (a causal LM with num_items_in_batch); η·DEM must come out once per step."""
+    finals = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        if kind == "seq_cls":
+            model, data = tiny_classifier(), dataset(40)
+        else:
+            torch.manual_seed(0)
+            model, data = LlamaForCausalLM(LlamaConfig(**DEC)), lm_dataset()
+        torch.manual_seed(11)
+        dyndora = inject_dyndora(model, DynDoRAConfig(r=2, dropout=0.0, dem_coef=1.0, prune_interval=2))
+        args = training_args(tmp_path / f"{batch}", per_device_train_batch_size=batch, max_steps=10,
+                             gradient_accumulation_steps=accumulation)  # fmt: skip
+        trainer = DynDoRATrainer(model=model, args=args, train_dataset=data, dyndora=dyndora)
+        if kind == "seq_cls":  # RoBERTa's forward takes **kwargs but returns a per-micro-batch mean:
+            trainer.loss_is_scaled_for_ga = False  # say so (the Trainer would otherwise not divide it)
+        trainer.train()
+        finals.append(
+            (dyndora.rank_pattern(), {n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
+        )
+    (pattern, one), (pattern2, accumulated) = finals
+    assert pattern == pattern2
+    for name in one:
+        torch.testing.assert_close(accumulated[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
