@@ -154,33 +154,35 @@ class DynDoRAController:
         )
         self.allocator = RankAllocator(self.layers, sched, c.ema_beta, c.eps)
 
-    @property
-    def schedule(self) -> Schedule:
+    def _started(self) -> RankAllocator:
         if self.allocator is None:
             raise RuntimeError("DynDoRA's schedule is not built: call start(total_steps) first")
-        return self.allocator.schedule
+        return self.allocator
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._started().schedule
 
     # -- the two calls of a training loop ------------------------------------------------------
     def extra_loss(self, step: int) -> torch.Tensor | None:
         """η·R for the loss of optimizer step ``step`` (from 1) while the scores are updated (steps ≤ t_i + Q
         ≈ 0.5·T, as the released code); None after it or when η = 0."""
-        if self.config.dem_coef == 0 or step > self.schedule.last_step:
+        allocator = self._started()
+        if self.config.dem_coef == 0 or step > allocator.schedule.last_step:
             return None
-        return self.config.dem_coef * self.allocator.dem(self.config.dem_norm)
+        return self.config.dem_coef * allocator.dem(self.config.dem_norm)
 
     def after_optimizer_step(self, step: int) -> dict:
         """After optimizer step ``step`` (from 1), before gradients are cleared: EMA scores, pruning
         event, or the permanent final mask. Returns scalars to log (budget, active components)."""
-        self.schedule  # noqa: B018  (raises if not started)
-        return self.allocator.step(step)
+        return self._started().step(step)
 
     # -- state (safetensors, never pickle) -----------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.allocator.state_dict() if self.allocator is not None else {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.schedule  # noqa: B018
-        self.allocator.load_state_dict(state)
+        self._started().load_state_dict(state)
 
     def save_state(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
