@@ -233,7 +233,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rank", type=int, default=12, help="LoRA r = DynDoRA's initial r'")
-    p.add_argument("--steps", type=int, default=6, help="timed rounds")
+    p.add_argument("--steps", type=int, default=12, help="timed rounds")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--total-steps", type=int, default=1000, help="T of the schedules")
     p.add_argument("--reps", type=int, default=5, help="repetitions of the DEM measurement")
