@@ -70,6 +70,7 @@ class DynDoRAConfig(MethodConfig):
     ema_beta: float = 0.9  # β of the score EMA
     alpha: float = 8.0  # α; the update is scaled by α/r'
     dropout: float = 0.1  # adapter input dropout
+    dropout_rng: str = "torch"  # torch: nn.Dropout's masks bit for bit | fast: NumPy PCG64 (CPU, opt-in)
     dem_norm: str = "code"  # code: R/(2n) (released code) | paper: R/n (Eq. 10)
     eps: float = 1e-8  # added to ‖ΔW‖_F in the score
 
@@ -94,6 +95,8 @@ class DynDoRAConfig(MethodConfig):
                 f"method.warmup_frac + method.final_frac = {self.warmup_frac + self.final_frac}; must be < 1 "
                 "(no steps left for pruning)"
             )
+        if self.dropout_rng not in ("torch", "fast"):
+            raise ValueError(f"method.dropout_rng={self.dropout_rng!r}; valid: torch, fast")
         if self.dem_norm not in ("code", "paper"):
             raise ValueError(f"method.dem_norm={self.dem_norm!r}; valid: code, paper")
 
@@ -117,7 +120,7 @@ class DynDoRA(Method):
         r = self.budget.rank
         self.r_init = initial_rank(cfg.init_ratio, r)
         self.names = [name for name, _ in targets]
-        self.layers = inject(model, targets, self.r_init, cfg.alpha, cfg.dropout)
+        self.layers = inject(model, targets, self.r_init, cfg.alpha, cfg.dropout, cfg.dropout_rng)
         freeze_all_but(model, lambda name: ".lora_" in name or self.is_head(name))  # A, B, c and the head
         fracs = (cfg.warmup_frac, cfg.final_frac, cfg.prune_interval)
         sched = Schedule.build(info.total_steps, *fracs, len(targets), self.r_init, r)
