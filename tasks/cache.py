@@ -88,6 +88,8 @@ def cached(parts: dict, build: Callable[[], Dataset]) -> Dataset:
             log.warning("tokenised-data cache entry %s unreadable (%s); rebuilding it", final, e)
             shutil.rmtree(final, ignore_errors=True)
     ds = build()
+    if len(ds) == 0:  # nothing to save (and datasets cannot read back a folder without shards)
+        return ds
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{key}.{os.getpid()}.tmp"
