@@ -204,3 +204,14 @@ example-minilm: install ## HF Trainer + DynDoRA: real all-MiniLM-L6-v2 on the SS
 
 example-llama: install ## tiny random-init Llama causal LM with DynDoRA -> PEFT adapter, logits checked
 	$(PY) examples/llama_causal_lm.py
+
+# -- GPU check (scripts/gpu_check.py): one command, one GPU, < 10 minutes ------------------------------
+# bench fp32 + bf16, one real short run (MiniLM, data/demo SST-2, offline), N concurrent runs on the GPU;
+# writes results/bench/<gpu>.json. `make gpu-check-smoke` runs the same steps on tiny CPU shapes.
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-check-smoke
+gpu-check: install ## on a GPU machine: bench fp32/bf16, a real run, N concurrent runs -> results/bench/<gpu>.json
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-smoke: install ## gpu-check's steps on tiny CPU shapes (what the test runs); figures mean nothing
+	OMP_NUM_THREADS=1 $(PY) scripts/gpu_check.py --cpu-smoke --out runs/gpu_check_smoke.json $(GPU_CHECK_ARGS)

@@ -65,6 +65,8 @@ from dora.models import HEAD_PREFIXES, load_backbone  # noqa: E402
 from dora.results import atomic_write_text, environment  # noqa: E402
 
 ALL_METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora")
+# Opt-in variants, benched only when named in --methods: name -> (method, config overrides)
+VARIANTS = {"dora_fastrng": ("dora", {"dropout_rng": "fast"})}
 NUM_LABELS = 2
 # Published architectures, random init (the shapes are what costs time, not the weights).
 SHAPES = {
@@ -109,7 +111,8 @@ def method_configs(name: str, rank: int):
 
     A method with an ``init_ratio`` (r' = ceil(init_ratio·r): DynDoRA, AdaLoRA) gets the target
     r = round(rank / 1.5) (its default ratio) and init_ratio = rank / r, so that r' = rank exactly."""
-    cfg = compose_config([f"method={name}"]).method
+    name, overrides = VARIANTS.get(name, (name, {}))
+    cfg = compose_config([f"method={name}"] + [f"method.{k}={v}" for k, v in overrides.items()]).method
     budget_rank = rank
     if "init_ratio" in cfg:
         budget_rank = max(1, round(rank / 1.5))
@@ -346,14 +349,16 @@ def summarise(benches, times, cpu, peaks, statics, batch_size: int) -> dict:
             "trainable_params": sum(p.numel() for p in b.params),
             "budget_params": b.method.budget_params(b.model),
         }
-    if "lora" in rows:
-        ref = rows["lora"]
+    for ref_name in ("lora", "bitfit"):  # ratios to PEFT's LoRA and to BitFit (frozen backbone)
+        if ref_name not in rows:
+            continue
+        ref = rows[ref_name]
         for name, row in rows.items():
-            row["step_ratio_to_lora"] = row["median_step_s"] / ref["median_step_s"]
-            paired = [a / r for a, r in zip(times[name], times["lora"], strict=True)]
-            row["paired_step_ratio_to_lora"] = statistics.median(paired)
-            row["cpu_step_ratio_to_lora"] = row["median_step_cpu_s"] / ref["median_step_cpu_s"]
-            row["peak_mem_ratio_to_lora"] = row["peak_mem_mb"] / ref["peak_mem_mb"]
+            row[f"step_ratio_to_{ref_name}"] = row["median_step_s"] / ref["median_step_s"]
+            paired = [a / r for a, r in zip(times[name], times[ref_name], strict=True)]
+            row[f"paired_step_ratio_to_{ref_name}"] = statistics.median(paired)
+            row[f"cpu_step_ratio_to_{ref_name}"] = row["median_step_cpu_s"] / ref["median_step_cpu_s"]
+            row[f"peak_mem_ratio_to_{ref_name}"] = row["peak_mem_mb"] / ref["peak_mem_mb"]
     return rows
 
 
@@ -364,16 +369,17 @@ def _quantile(values, q: float) -> float:
 
 def table(rows: dict) -> str:
     head = (
-        f"{'method':<9} {'step s':>8} {'x LoRA':>7} {'paired':>7} {'cpu s':>8} {'x LoRA':>7} {'samples/s':>10} "
-        f"{'peak MiB':>9} {'x LoRA':>7} {'step MiB':>9}"
+        f"{'method':<12} {'step s':>8} {'x LoRA':>7} {'paired':>7} {'cpu s':>8} {'x LoRA':>7} {'x BitFit':>8} "
+        f"{'samples/s':>10} {'peak MiB':>9} {'x LoRA':>7} {'step MiB':>9}"
     )
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         lines.append(
-            f"{name:<9} {r['median_step_s']:>8.3f} {r.get('step_ratio_to_lora', math.nan):>7.3f} "
+            f"{name:<12} {r['median_step_s']:>8.3f} {r.get('step_ratio_to_lora', math.nan):>7.3f} "
             f"{r.get('paired_step_ratio_to_lora', math.nan):>7.3f} {r['median_step_cpu_s']:>8.3f} "
-            f"{r.get('cpu_step_ratio_to_lora', math.nan):>7.3f} {r['samples_per_s']:>10.2f} "
-            f"{r['peak_mem_mb']:>9.1f} {r.get('peak_mem_ratio_to_lora', math.nan):>7.3f} {r['step_peak_mem_mb']:>9.1f}"
+            f"{r.get('cpu_step_ratio_to_lora', math.nan):>7.3f} {r.get('paired_step_ratio_to_bitfit', math.nan):>8.3f} "
+            f"{r['samples_per_s']:>10.2f} {r['peak_mem_mb']:>9.1f} {r.get('peak_mem_ratio_to_lora', math.nan):>7.3f} "
+            f"{r['step_peak_mem_mb']:>9.1f}"
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -425,9 +431,9 @@ def main(argv=None) -> dict:
     torch.manual_seed(a.seed)
     device = a.device
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in ALL_METHODS]
+    bad = [m for m in methods if m not in ALL_METHODS and m not in VARIANTS]
     if bad:
-        raise SystemExit(f"--methods: unknown {bad}; valid: {', '.join(ALL_METHODS)}")
+        raise SystemExit(f"--methods: unknown {bad}; valid: {', '.join(ALL_METHODS + tuple(VARIANTS))}")
     dtype = torch.bfloat16 if a.precision == "bf16" else None
     autocast = (lambda: torch.autocast(device.split(":")[0], dtype=dtype)) if dtype else nullcontext
     # T: the timed steps must stay inside 0.2·T .. 0.5·T (the pruning phase)
@@ -445,7 +451,7 @@ def main(argv=None) -> dict:
     components = {}
     if not a.no_components:
         for b in benches:
-            if b.name == "dora":
+            if b.name == "dora":  # not the variants: one set of component costs
                 components.update(dyndora_components(b, a.component_reps, device))
             if b.name == "adalora":
                 components.update(adalora_components(b, batches[0], autocast, a.component_reps, device))

@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding
 from dora import hub
 from dora.config import TaskConfig
 from dora.errors import UserError
-from tasks import TASKS, metrics
+from tasks import TASKS, cache, metrics
 from tasks.base import Task, TaskData
 from tasks.data import parse_split
 
@@ -198,11 +198,22 @@ class Glue(Task):
             texts = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
             return tokenizer(*texts, truncation=True, max_length=max_length)
 
-        def prepare(spec_str: str) -> Dataset:
-            raw = self.raw_split(spec_str)
+        def tokenise(raw: Dataset) -> Dataset:
             return raw.map(
                 encode, batched=True, remove_columns=[c for c in raw.column_names if c != "labels"]
             )
+
+        def prepare(spec_str: str) -> Dataset:
+            # through the tokenised-data cache (tasks/cache.py), keyed by source, tokenizer and length
+            key = {"task": self.cfg.name, "split": spec_str, "max_length": max_length}
+            key["tokenizer"] = cache.tokenizer_identity(tokenizer)
+            if self.data_dir is not None:
+                path = self.local_path(parse_split(spec_str).name)
+                return cache.cached(
+                    key | {"source": cache.file_source(path)}, lambda: tokenise(self.raw_split(spec_str))
+                )
+            raw = self.raw_split(spec_str)  # hub: its fingerprint follows the cached files
+            return cache.cached(key | {"source": {"hub": raw._fingerprint}}, lambda: tokenise(raw))
 
         # evaluated shortest first: GLUE metrics do not depend on the order, and batches pad least
         evals = {name: by_length(prepare(self.cfg.splits[name])) for name in self.eval_splits}

@@ -86,3 +86,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory):
+    """Tokenised splits are cached (tasks/cache.py) in a folder of this test session, never in ~/.cache."""
+    old = os.environ.get("DORA_DATA_CACHE")
+    os.environ["DORA_DATA_CACHE"] = str(tmp_path_factory.mktemp("tokenised"))
+    yield
+    if old is None:
+        os.environ.pop("DORA_DATA_CACHE", None)
+    else:
+        os.environ["DORA_DATA_CACHE"] = old

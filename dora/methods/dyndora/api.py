@@ -55,6 +55,8 @@ def check_knobs(cfg, prefix: str) -> None:
         )
     if cfg.dem_norm not in ("code", "paper"):
         raise ValueError(f"{prefix}dem_norm={cfg.dem_norm!r}; valid: code, paper")
+    if cfg.dropout_rng not in ("torch", "fast"):
+        raise ValueError(f"{prefix}dropout_rng={cfg.dropout_rng!r}; valid: torch, fast")
 
 
 def initial_rank(init_ratio: float, r: int) -> int:
@@ -90,6 +92,7 @@ class DynDoRAConfig:
     ema_beta: float = 0.9  # β of the importance-score EMA
     alpha: float = 8.0  # α: the update is scaled by α/r'
     dropout: float = 0.1  # dropout on the adapter's input
+    dropout_rng: str = "torch"  # torch: nn.Dropout's masks bit for bit | fast: NumPy PCG64 (CPU, opt-in)
     dem_norm: str = "code"  # code: R/(2n) (released code) | paper: R/n (Eq. 10)
     eps: float = 1e-8  # added to ‖ΔW‖_F in the score
     target_modules: str | list[str] | None = None
@@ -132,7 +135,7 @@ class DynDoRAController:
         self.model, self.config, self.heads = model, config, tuple(heads)
         self.names = [name for name, _ in targets]
         self.r_init = config.r_init
-        self.layers = inject(model, targets, self.r_init, config.alpha, config.dropout)
+        self.layers = inject(model, targets, self.r_init, config.alpha, config.dropout, config.dropout_rng)
         freeze_all_but(model, lambda name: ".lora_" in name or is_head(name, self.heads))  # A, B, c, head
         self.allocator: RankAllocator | None = None
         if total_steps is not None:

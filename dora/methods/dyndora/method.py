@@ -78,6 +78,7 @@ class DynDoRAConfig(MethodConfig):
     ema_beta: float = 0.9  # β of the score EMA
     alpha: float = 8.0  # α; the update is scaled by α/r'
     dropout: float = 0.1  # adapter input dropout
+    dropout_rng: str = "torch"  # torch: nn.Dropout's masks bit for bit | fast: NumPy PCG64 (CPU, opt-in)
     dem_norm: str = "code"  # code: R/(2n) (released code) | paper: R/n (Eq. 10)
     eps: float = 1e-8  # added to ‖ΔW‖_F in the score
 
@@ -88,7 +89,7 @@ class DynDoRAConfig(MethodConfig):
     def adapter(self, r: int, targets: list[str], heads: tuple[str, ...]) -> api.DynDoRAConfig:
         """The public API's config (dora.dyndora.DynDoRAConfig) with these knobs, for these matrices."""
         knobs = ("init_ratio", "dem_coef", "prune_interval", "warmup_frac", "final_frac", "ema_beta")
-        knobs += ("alpha", "dropout", "dem_norm", "eps")
+        knobs += ("alpha", "dropout", "dropout_rng", "dem_norm", "eps")
         values = {k: getattr(self, k) for k in knobs}
         return api.DynDoRAConfig(r=r, target_modules=list(targets), modules_to_save=list(heads), **values)
 
