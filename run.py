@@ -8,7 +8,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from dora.cli import preflight, process_overrides, run_job
+from dora.cli import preflight, process_overrides, report_sweep, run_job
 from dora.config import register_configs
 
 register_configs()
@@ -23,3 +23,4 @@ if __name__ == "__main__":
     preflight(sys.argv[1:])
     sys.argv += process_overrides()  # multi-process launches: rank 0 alone writes logs and results
     main()
+    report_sweep()  # a sweep whose jobs were refused ends with one line naming them, exit 2
