@@ -17,7 +17,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from dora.checkpoint import EpochShuffle
 from dora.errors import UserError, one_line
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
-from dora.results import environment, peak_memory_mb, save_tensors, write_result
+from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
 from dora.tracking import make_tracker
 from tasks import Task, build_task
 
@@ -126,6 +125,9 @@ class Run:
 
 def validated(cfg: DictConfig) -> dict:
     """Group configs as dataclass objects; their ``__post_init__`` rejects impossible values."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
     try:
         return {g: OmegaConf.to_object(cfg[g]) for g in GROUPS}
     except (ValueError, TypeError) as e:
@@ -163,9 +165,13 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     accelerator = make_accelerator(trainer)
     set_seed(cfg.seed)
     backbone = load_backbone(c["model"], task.head, task.num_labels)
-    data = task.load(backbone.tokenizer, trainer.max_length or c["task"].max_length)
-    if len(data.train) == 0:
-        raise UserError(f"task={c['task'].name}: the training split {c['task'].splits['train']!r} is empty")
+    max_length = trainer.max_length or c["task"].max_length
+    check_max_length(max_length, backbone, "trainer.max_length" if trainer.max_length else "task.max_length")
+    data = task.load(backbone.tokenizer, max_length)
+    for name, split in {"train": data.train, **data.evals}.items():
+        if len(split) == 0:
+            what = "training" if name == "train" else f"{name}"
+            raise UserError(f"task={c['task'].name}: the {what} split {c['task'].splits[name]!r} is empty")
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
     sampler = EpochShuffle(len(data.train), cfg.seed, lengths, trainer.batch_size)
@@ -204,6 +210,21 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
         eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device),
     )  # fmt: skip
+
+
+MIN_LENGTH = 8  # tokens: special tokens plus a few of text (below, truncation has nothing left to cut)
+
+
+def check_max_length(max_length: int, backbone, key: str) -> None:
+    """The sequence length must fit the model's position table and the tokenizer's limit."""
+    limits = [getattr(backbone.model.config, "max_position_embeddings", None)]
+    if backbone.model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limits[0] = limits[0] and limits[0] - 2  # positions start after the padding index (offset 2)
+    limits.append(getattr(backbone.tokenizer, "model_max_length", None))
+    top = min((x for x in limits if isinstance(x, int) and 0 < x < 10**9), default=None)
+    if max_length < MIN_LENGTH or (top is not None and max_length > top):
+        valid = f"{MIN_LENGTH}..{top}" if top else f">= {MIN_LENGTH}"
+        raise UserError(f"{key}={max_length} is out of range for this model; valid: {valid}")
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -300,6 +321,12 @@ def evaluate(run: Run) -> dict:
     metrics: dict[str, float] = {}
     for split, loader in run.eval_loaders.items():
         metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise Diverged(
+            f"evaluation at optimizer step {run.progress.step} gave non-finite {bad} (NaN/inf predictions); "
+            f"last good checkpoint: {run.last_checkpoint or 'none'}"
+        )
     entry = {"epoch": run.progress.epoch, "step": run.progress.step, **metrics}
     run.history.append(entry)
     run.tracker.log(metrics, run.progress.step)
@@ -355,8 +382,19 @@ def save_checkpoint(run: Run) -> None:
 
 
 def restore(run: Run) -> None:
-    """Continue from the newest complete checkpoint in the run folder, if any."""
-    folder = checkpoint.latest(run.out_dir / "checkpoints")
+    """Continue from the newest checkpoint in the run folder that verifies against its index, if any;
+    newer damaged ones are set aside, with one line saying so."""
+    acc = run.accelerator
+    folder, damaged = checkpoint.newest_valid(run.out_dir / "checkpoints", acc.process_index)
+    acc.wait_for_everyone()  # every process has verified before any checkpoint moves
+    if damaged and acc.is_main_process:
+        what = "; ".join(f"{bad.name}: {problem}" for bad, problem in damaged)
+        for bad, _ in damaged:
+            checkpoint.set_aside(bad)
+        instead = (
+            f"resuming from {folder.name}" if folder else "no valid checkpoint left, starting from step 0"
+        )
+        log.warning("damaged checkpoint set aside as %s* (%s); %s", checkpoint.DAMAGED, what, instead)
     if folder is None:
         return
     state = checkpoint.restore(run, folder)
@@ -410,7 +448,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     state = run.method.state_dict()
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
-    (run.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(c, resolve=True))
+    atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
     best = best_entry(run.history, run.task.headline, run.method.best_from_step(run.total_steps))
     result = {
         "task": c.task.name,
@@ -446,10 +484,15 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         | {"best/" + k: v for k, v in result["best"].items()}
     )
     write_result(run.out_dir, result)
-    # complete: the checkpoints have served (adapter/ holds the final weights), a failure is history
-    shutil.rmtree(run.out_dir / "checkpoints", ignore_errors=True)
-    (run.out_dir / "failure.json").unlink(missing_ok=True)
+    tidy_completed(run.out_dir)
     return result
+
+
+def tidy_completed(out_dir: Path) -> None:
+    """A complete run's checkpoints have served (adapter/ holds the final weights) and a failure is
+    history. Only the checkpoints this harness wrote go: other files under checkpoints/ stay."""
+    checkpoint.clean(out_dir / "checkpoints")
+    (out_dir / "failure.json").unlink(missing_ok=True)
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -469,6 +512,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         done = rundir.completed(out_dir, OmegaConf.to_container(cfg, resolve=True))
         if done is not None:
             log.warning("%s/result.json exists: this run is complete, skipping it", out_dir)
+            if is_main_process():
+                tidy_completed(out_dir)  # a run killed right after writing result.json left them
             return done
         t0 = time.perf_counter()
         r = build(cfg, out_dir)
