@@ -7,6 +7,7 @@ value of the wrong type fails at composition. Methods and tasks register their o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +65,8 @@ class MethodConfig:
     lr: float = 1e-3
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"method.lr={self.lr}; must be > 0")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"method.lr={self.lr}; must be > 0 and finite")
 
 
 @dataclass
@@ -115,16 +116,17 @@ class TrainerConfig:
             "batch_size": self.batch_size > 0,
             "eval_batch_size": self.eval_batch_size > 0,
             "grad_accum": self.grad_accum > 0,
-            "weight_decay": self.weight_decay >= 0,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_grad_norm": self.max_grad_norm > 0,
             "eval_every": self.eval_every >= 0,
             "log_every": self.log_every > 0,
-            "lr": self.lr is None or self.lr > 0,
+            "lr": self.lr is None or 0 < self.lr < math.inf,
             "max_length": self.max_length is None or self.max_length > 0,
             "max_steps": self.max_steps == -1 or self.max_steps > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "keep_checkpoints": self.keep_checkpoints >= 1,
+            "num_workers": self.num_workers >= 0,
         }
         for name, ok in checks.items():
             if not ok:

@@ -103,6 +103,22 @@ def initial_rank(init_ratio: float, r: int) -> int:
     return math.ceil(round(init_ratio * r, 9))
 
 
+def check_sizes(targets, r_init: int, init_ratio: float, total_steps: int) -> None:
+    """r' rank-1 components must fit each matrix (r' <= min(d_in, d_out)), and pruning needs scores from
+    a step before its last event (T >= 2)."""
+    smallest = min(min(m.in_features, m.out_features) for _, m in targets)
+    if r_init > smallest:
+        raise UserError(
+            f"method.init_ratio={init_ratio} gives r'={r_init} components per matrix, more than the smallest "
+            f"adapted matrix allows ({smallest}); valid: r' <= {smallest}"
+        )
+    if total_steps < 2:
+        raise UserError(
+            f"method=dora needs at least 2 optimizer steps (importance scores before the final pruning); "
+            f"this run has T={total_steps}: raise trainer.max_steps or trainer.epochs"
+        )
+
+
 @METHODS.register("dora", config=DynDoRAConfig)
 class DynDoRA(Method):
     """DynDoRA: rank-1 components with gates, pruned globally by importance, plus the DEM loss."""
@@ -116,6 +132,7 @@ class DynDoRA(Method):
             raise UserError(f"method=dora found no target linear layers for model family {info.family!r}")
         r = self.budget.rank
         self.r_init = initial_rank(cfg.init_ratio, r)
+        check_sizes(targets, self.r_init, cfg.init_ratio, info.total_steps)
         self.names = [name for name, _ in targets]
         self.layers = inject(model, targets, self.r_init, cfg.alpha, cfg.dropout)
         freeze_all_but(model, lambda name: ".lora_" in name or self.is_head(name))  # A, B, c and the head
