@@ -8,6 +8,8 @@ MRPC starts with a UTF-8 BOM, RTE/QNLI/MNLI labels are strings.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass
 
@@ -89,8 +91,11 @@ GLUE = {
 
 def read_tsv(path: str, spec: GlueSpec) -> dict[str, list]:
     """Columns ``text_a``, (``text_b``), ``labels`` of one GLUE tsv file."""
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
-        rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    rows = [
+        r
+        for r in csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if r
+    ]
     first_data_line = 1
     if spec.header:
         if not rows:
@@ -117,16 +122,38 @@ def read_tsv(path: str, spec: GlueSpec) -> dict[str, list]:
     return out
 
 
+def read_text(path: str) -> str:
+    """The file as text (utf-8; a BOM, as MRPC's, dropped), or one line naming the first bad byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"malformed GLUE file {path}: line {line} is not valid UTF-8 (byte {data[e.start]:#04x} at offset "
+            f"{e.start}); GLUE files are UTF-8 text"
+        ) from None
+
+
 def _label(value: str, spec: GlueSpec, path: str, line: int):
+    """The label as the model takes it: a finite number (regression) or a class id in range."""
+    if spec.regression:
+        valid = "a finite number"
+    else:
+        valid = ", ".join(spec.labels) or " or ".join(str(i) for i in range(2))
     try:
         if spec.regression:
-            return float(value)
-        return spec.labels.index(value) if spec.labels else int(value)
+            label = float(value)
+            if math.isfinite(label):
+                return label
+        elif spec.labels:
+            return spec.labels.index(value)
+        elif int(value) in (0, 1):  # numeric GLUE labels are binary (CoLA, SST-2, MRPC, QQP)
+            return int(value)
     except ValueError:
-        valid = "a number" if spec.regression else (", ".join(spec.labels) or "an integer")
-        raise UserError(
-            f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}"
-        ) from None
+        pass
+    raise UserError(f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}")
 
 
 class Glue(Task):
@@ -200,6 +227,7 @@ class Glue(Task):
 
         def prepare(spec_str: str) -> Dataset:
             raw = self.raw_split(spec_str)
+            self.require_rows(spec_str, len(raw))
             return raw.map(
                 encode, batched=True, remove_columns=[c for c in raw.column_names if c != "labels"]
             )
