@@ -152,6 +152,20 @@ class LoggerConfig:
             raise ValueError(f"logger.mode={self.mode!r}; valid: auto, offline, online")
 
 
+def validate(cfg, groups) -> dict:
+    """The seed checked and each group config as its dataclass (``__post_init__`` rejects impossible
+    values), or a UserError of one line. Light enough for the CLI's preflight."""
+    from dora.errors import UserError, one_line
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
+    try:
+        return {g: OmegaConf.to_object(cfg[g]) for g in groups}
+    except (ValueError, TypeError) as e:
+        raise UserError(one_line(e)) from e
+
+
 _REGISTERED = False
 
 

@@ -33,7 +33,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from dora import checkpoint, rundir
 from dora.checkpoint import EpochShuffle
-from dora.errors import UserError, one_line
+from dora.config import validate
+from dora.errors import UserError
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
 from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
@@ -125,13 +126,7 @@ class Run:
 
 def validated(cfg: DictConfig) -> dict:
     """Group configs as dataclass objects; their ``__post_init__`` rejects impossible values."""
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
-    try:
-        return {g: OmegaConf.to_object(cfg[g]) for g in GROUPS}
-    except (ValueError, TypeError) as e:
-        raise UserError(one_line(e)) from e
+    return validate(cfg, GROUPS)
 
 
 def mixed_precision(choice: str, cpu: bool) -> str:
