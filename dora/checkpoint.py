@@ -181,11 +181,22 @@ def step_of(folder: Path) -> int:
 
 
 def complete(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (a ``step-*`` folder with its index)."""
+    """Complete checkpoints under ``root``, oldest first: a ``step-*`` folder with its index, or with
+    the state.json that marked completion before indexes existed (legacy)."""
     if not root.is_dir():
         return []
     found = [p for p in root.glob(PREFIX + "*") if p.name[len(PREFIX) :].isdigit()]
-    return sorted((p for p in found if (p / INDEX).is_file()), key=step_of)
+    return sorted((p for p in found if (p / INDEX).is_file() or _legacy(p)), key=step_of)
+
+
+def _legacy(folder: Path) -> bool:
+    """A checkpoint written before index.json existed: state.json of this harness's format, no index."""
+    if (folder / INDEX).exists() or not (folder / "state.json").is_file():
+        return False
+    try:
+        return read_json(folder / "state.json").get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def latest(root: Path) -> Path | None:
@@ -212,7 +223,13 @@ def write_index(folder: Path) -> None:
 
 
 def verify(folder: Path, process_index: int = 0) -> str | None:
-    """None if every file of the checkpoint matches its index, else what is wrong (one phrase)."""
+    """None if every file of the checkpoint matches its index, else what is wrong (one phrase). A legacy
+    checkpoint (no index) passes when its files are all there and not empty."""
+    if _legacy(folder):
+        needed = ("trainable.safetensors", "method_state.safetensors", "optimizer.safetensors",
+                  "optimizer.json", "scheduler.json", f"rng-rank{process_index}.json")  # fmt: skip
+        empty = [n for n in needed if not (folder / n).is_file() or (folder / n).stat().st_size == 0]
+        return f"{empty[0]} missing or empty" if empty else None
     try:
         files = read_json(folder / INDEX)["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -257,7 +274,8 @@ def ours(entry: Path) -> bool:
         return False
     if name.startswith((".tmp-" + PREFIX, DAMAGED + PREFIX)):
         return True
-    return name.startswith(PREFIX) and name[len(PREFIX) :].isdigit() and (entry / INDEX).is_file()
+    is_step = name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
+    return is_step and ((entry / INDEX).is_file() or _legacy(entry))
 
 
 def clean(root: Path) -> None:

@@ -179,6 +179,20 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
     assert not (out / "checkpoints").exists()  # completed: its own checkpoints, damaged ones too, are gone
 
 
+def test_a_checkpoint_written_before_indexes_existed_still_resumes(tmp_path, data_dir, interrupted, caplog):
+    """Folders from the previous layout (state.json last, no index.json) resume and are cleaned up."""
+    ref, cut = interrupted
+    out = tmp_path / "cut"
+    shutil.copytree(cut, out)
+    for folder in (out / "checkpoints").glob("step-*"):
+        (folder / "index.json").unlink()
+    with caplog.at_level("INFO"):
+        runner.run(compose(*RESUMABLE, f"data_dir={data_dir}", f"output_dir={out}"), out)
+    assert "resuming from" in caplog.text and "step-000006" in caplog.text
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (ref, out))
+    assert ra["history"] == rb["history"] and not (out / "checkpoints").exists()
+
+
 def test_checkpoints_left_by_a_kill_right_after_result_json_are_removed_on_the_next_start(
     tmp_path, data_dir, interrupted
 ):
