@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv with torch (CPU build) and the project
 
-test: install ## run the fast offline test suite (tiny models, shared/data via DORA_DATA_DIR)
+test: install ## run the fast offline test suite (tiny models, data/fixtures; full-file checks need DORA_DATA_DIR)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: install ## the test suite including slow tests
@@ -40,14 +40,15 @@ format: install ## ruff format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 DEMO_DIR ?= runs/demo
+DEMO_ARGS ?=
 demo: install ## offline demo: real all-MiniLM-L6-v2 fine-tuned on a 4000-example slice of real SST-2 (CPU, minutes)
 	rm -rf $(DEMO_DIR)
 	$(PY) run.py task=sst2 method=full model=minilm data_dir=data/demo \
 	  trainer.epochs=2 trainer.batch_size=32 trainer.lr=5e-5 trainer.max_length=64 \
-	  logger=none output_dir=$(DEMO_DIR)
+	  logger=none output_dir=$(DEMO_DIR) $(DEMO_ARGS)
 	@$(PY) -c "import json; r = json.load(open('$(DEMO_DIR)/result.json')); \
 	  print(f\"SST-2 dev accuracy {r['metrics']['dev/accuracy']:.2f}% after {r['timing']['steps']} steps, \
-	  {r['timing']['train_s']:.0f} s training; result: $(DEMO_DIR)/result.json\")"
+	  {r['timing']['train_s']:.0f} s training with {r['timing']['threads']} threads; result: $(DEMO_DIR)/result.json\")"
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf runs multirun outputs .pytest_cache .ruff_cache
@@ -132,6 +133,61 @@ mini-table: install ## MiniLM mini-reproduction: 75 runs on real GLUE data (CPU)
 
 mini-report: install ## rebuild MINI_OUT/table.md, table.csv, runs.csv, heatmap from MINI_OUT/runs (no training)
 	$(PY) scripts/mini_table.py --runs $(MINI_OUT)/runs --out $(MINI_OUT)
+
+# ==== MiniLM study (README "MiniLM study"): does dynamic rank allocation help? =========================
+# Stage 1 (precondition): LoRA and DynDoRA on CoLA and STS-B, 5 epochs, seeds 1-2 (8 runs, two at a time with
+# one thread each). Finished runs in STUDY_RUNS are skipped; their result.json files are copied to
+# STUDY_OUT/stage1/runs, from which `make study-report` rebuilds the tables and figures (no training).
+STUDY_RUNS ?= runs/study
+STUDY_OUT ?= results/study
+.PHONY: study1 study-report
+study1: install ## MiniLM study stage 1 (8 CPU runs, resumable), then study-report
+	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study1 --runs $(STUDY_RUNS)/stage1 --jobs $(MINI_JOBS) \
+	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
+	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage1 $(STUDY_OUT)/stage1/runs)
+	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
+
+# Stage 2: each method's learning rate per task, a 3-point grid on seed 0 (not reported) at stage 3's schedule
+# (configs/tuned/minilm_<method>_<task>.yaml). Stage 3: 4 methods x 4 tasks x seeds 1-5 = 80 runs at 2,000 steps.
+STUDY_TASKS ?= cola mrpc sst2 stsb
+STUDY_LRS_lora ?= 3e-4,1e-3,3e-3
+STUDY_LRS_adalora ?= 1e-3,3e-3,1e-2
+STUDY_LRS_dora ?= 1e-3,3e-3,1e-2
+STUDY3 = trainer.max_steps=2000 trainer.eval_every=250 trainer.batch_size=16 trainer.weight_decay=0.01 \
+  trainer.warmup_ratio=0.06 trainer.max_length=128 trainer.group_by_length=true trainer.checkpoint_every=200
+.PHONY: study2 study3
+study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (36 CPU runs)
+	@set -e; for m in lora adalora dora; do for t in $(STUDY_TASKS); do \
+	  lrs=$$(case $$m in lora) echo "$(STUDY_LRS_lora)";; adalora) echo "$(STUDY_LRS_adalora)";; *) echo "$(STUDY_LRS_dora)";; esac); \
+	  OMP_NUM_THREADS=1 $(PY) scripts/tune.py --model minilm --method $$m --task $$t --lrs $$lrs --seeds 0 \
+	    --runs $(STUDY_RUNS)/stage2 --jobs $(MINI_JOBS) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) \
+	    logger=none trainer.progress=false $(STUDY3) $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS); \
+	done; done
+
+study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report
+	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study3 --runs $(STUDY_RUNS)/stage3 --jobs $(MINI_JOBS) \
+	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
+	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage3 $(STUDY_OUT)/stage3/runs)
+	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
+
+study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), allocation diagnostics, curves
+	@for st in stage1 stage3; do if [ -d $(STUDY_OUT)/$$st/runs ]; then \
+	  $(PY) scripts/make_tables.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st --protocol common && \
+	  $(PY) scripts/figures.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st/figures --model minilm; fi; done
+
+# -- learning-rate selection (scripts/tune.py): a grid on unreported seeds -> configs/tuned/ --------------
+#   make tune MODEL=minilm METHOD=dora TASK=stsb LRS=1e-3,3e-3,1e-2 SEEDS=0 ARGS="data_dir=../shared/data"
+# A run uses the choice with 'trainer.lr=${tuned:}'.
+TUNE_RUNS ?= runs/tune
+LRS ?=
+SEEDS ?= 0
+METHOD ?=
+PROTOCOL ?= last
+.PHONY: tune
+tune: install ## pick trainer.lr for MODEL= METHOD= TASK= over LRS= on unreported SEEDS= -> configs/tuned/
+	$(PY) scripts/tune.py --model "$(MODEL)" --method "$(METHOD)" --task "$(TASK)" --lrs "$(LRS)" --seeds "$(SEEDS)" \
+	  --runs $(TUNE_RUNS) --jobs $(or $(filter-out 0,$(JOBS)),1) --protocol $(PROTOCOL) $(if $(DRY_RUN),--dry-run) \
+	  -- logger=none trainer.progress=false $(ARGS)
 
 # -- benchmark (scripts/bench.py): all methods in one process, interleaved, medians ----------------
 # e.g. make bench BENCH_ARGS="--methods lora,dora --steps 20 --threads 2"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import math
 import os
 import re
@@ -24,21 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from dora import rundir
+from dora.argcheck import group_options
 from dora.config import CONFIG_DIR, GROUPS, register_configs, validate
 from dora.errors import UserError, choices, one_line
 from dora.rundir import check_output_dir
 
 RUN_GROUPS = ("model", "task", "method", "budget", "trainer", "logger")  # the groups a run reads
+log = logging.getLogger(__name__)
 
 
 def fail(message: str, code: int = 2):
     print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
-
-
-def group_options(group: str) -> list[str]:
-    """User-facing choices of a config group: its YAML files, minus internal ones (``_*``)."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -61,6 +59,18 @@ def _values(override) -> list[str]:
         return []
 
 
+# The topmost folder above a single run's output_dir that did not exist before the run (Hydra creates
+# it): a refused run removes it again when it is empty, so `runs/<task>/<method>/<model>/` is not left.
+_NEW_PARENT: Path | None = None
+
+
+def _first_missing(path: Path) -> Path | None:
+    top = None
+    while not path.exists():
+        top, path = path, path.parent
+    return top
+
+
 def preflight(argv: list[str]) -> None:
     """Validate every group choice (each value of a sweep) and compose the first combination."""
     args = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
@@ -78,9 +88,13 @@ def preflight(argv: list[str]) -> None:
         if o.type != OverrideType.DEL and values:
             first.append(f"{_prefix(o.type)}{key}={values[0]}")
     cfg = checked_config(first)
+    global _NEW_PARENT
+    _NEW_PARENT = None
     if multirun(argv):
         check_sweep(overrides, first)
     else:
+        # before check_single_run: claiming the folder creates its parents
+        _NEW_PARENT = _first_missing(Path(cfg.output_dir or ".").absolute().parent)
         check_single_run(cfg, explicit_output=any(o.key_or_group == "output_dir" for o in overrides))
 
 
@@ -210,11 +224,12 @@ def run_job(cfg: DictConfig, out_dir: str) -> None:
 
     claim = rundir.claimed(out_dir)
     try:
-        run(cfg, out_dir)
+        result = run(cfg, out_dir)
     except UserError as e:
         if claim is not None and claim.created:  # only what this very process made, never a used folder
             _remove_partial(Path(out_dir))
         _refused(str(e), out_dir)
+        return
     except KeyboardInterrupt:
         fail(f"interrupted; re-run the same command with output_dir={out_dir} to resume", code=130)
     except OSError as e:
@@ -224,6 +239,14 @@ def run_job(cfg: DictConfig, out_dir: str) -> None:
              f"command with output_dir={out_dir} to resume")  # fmt: skip
     finally:
         rundir.release(out_dir)
+    if result:  # rank 0: the run's last terminal line
+        log.info("result: %s -> %s", summary(result), Path(out_dir) / "result.json")
+
+
+def summary(result: dict) -> str:
+    """``dev/accuracy 81.20 (best 82.00, epoch 1)``: the headline metric, last and best."""
+    key = result["headline"]
+    return f"{key} {result['metrics'][key]:.2f} (best {result['best'][key]:.2f}, epoch {result['best']['epoch']})"
 
 
 SWEEP_FAILURES: list[str] = []  # this process's refused sweep jobs, listed when the sweep ends
@@ -257,3 +280,11 @@ def _remove_partial(out_dir: Path) -> None:
     ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb", "wandb_run_id", ".lock"}
     if out_dir.is_dir() and all(p.name in ours for p in out_dir.iterdir()):
         shutil.rmtree(out_dir, ignore_errors=True)
+    top = _NEW_PARENT
+    parent = out_dir.absolute().parent
+    while top is not None and parent.is_relative_to(top):
+        try:
+            parent.rmdir()  # only when empty: another run may have put its folder there meanwhile
+        except OSError:
+            break
+        parent = parent.parent

@@ -8,6 +8,7 @@ value of the wrong type fails at composition. Methods and tasks register their o
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,9 +102,14 @@ class TrainerConfig:
     group_by_length: bool = False
     eval_every: int = 0  # 0: evaluate after every epoch; N > 0: also every N optimizer steps
     log_every: int = 10  # optimizer steps between loss logs (one host sync each)
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else fp32) | no | bf16 | fp16
+    # no = fp32 (the released code's arithmetic, TF32 off) | bf16 | fp16 (opt-in autocast, faster on a GPU)
+    # | auto (bf16 on a GPU that supports it, else fp32); result.json records what ran ("precision")
+    mixed_precision: str = "no"
     cpu: bool = False  # force the CPU even when a GPU is present
     num_workers: int = 0
+    # torch's CPU threads (intra-op) for this run; null: OMP_NUM_THREADS when set (grids and joblib set
+    # it per job), else min(cores, 4). Numbers on the CPU depend on it (reductions split by thread).
+    threads: int | None = None
     progress: bool = True
     # checkpoints (dora/checkpoint.py): every N optimizer steps (0: epoch ends only) and at every epoch
     # end; the newest ``keep_checkpoints`` stay. Re-running with the same output_dir resumes exactly.
@@ -124,6 +130,7 @@ class TrainerConfig:
             "lr": self.lr is None or 0 < self.lr < math.inf,
             "max_length": self.max_length is None or self.max_length > 0,
             "max_steps": self.max_steps == -1 or self.max_steps > 0,
+            "threads": self.threads is None or self.threads > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "num_workers": self.num_workers >= 0,
@@ -167,6 +174,25 @@ def validate(cfg, groups) -> dict:
 
 
 _REGISTERED = False
+TUNED_DIR = CONFIG_DIR / "tuned"
+
+
+def tuned_dir() -> Path:
+    return Path(os.environ.get("DORA_TUNED_DIR") or TUNED_DIR)
+
+
+def tuned(*, _root_) -> float:
+    """``trainer.lr=${tuned:}``: the learning rate ``make tune`` chose for this run's backbone, method and
+    task (configs/tuned/<model>_<method>_<task>.yaml)."""
+    model, method, task = _root_.model.name, _root_.method.name, _root_.task.name
+    path = tuned_dir() / f"{model}_{method}_{task}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in tuned_dir().glob("*.yaml"))
+        raise ValueError(
+            f"tuned: no tuned learning rate for model={model} method={method} task={task} ({path} is missing; "
+            f"run make tune MODEL={model} METHOD={method} TASK={task}); tuned files: {', '.join(have) or 'none'}"
+        )
+    return float(OmegaConf.load(path).lr)
 
 
 def pick(key, table):
@@ -187,6 +213,7 @@ def register_configs() -> None:
     from tasks import TASKS
 
     OmegaConf.register_new_resolver("pick", pick, replace=True)
+    OmegaConf.register_new_resolver("tuned", tuned, replace=True)
     cs = ConfigStore.instance()
     for group, node in (
         ("model", ModelConfig),

@@ -6,10 +6,13 @@ the adapter methods target (spec §1), so methods stay architecture-agnostic.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
+import transformers
 from torch import nn
 from transformers import (
     AutoModelForQuestionAnswering,
@@ -25,10 +28,55 @@ from dora import hub
 from dora.config import ModelConfig
 from dora.errors import UserError
 
-OFFLINE_HINT = (
-    "offline alternatives: model=minilm (pretrained, pip-installed), model=tiny_roberta / model=tiny_bart "
-    "(random init), or model.path=/a/local/model/dir"
-)
+log = logging.getLogger(__name__)
+
+# Library noise a run's terminal should not show (it shows the bar, the evaluations and the result):
+transformers.utils.logging.disable_progress_bar()  # the "Loading weights" bar of every from_pretrained
+# PEFT reads this deprecated alias whenever it wraps a model (LoRA, AdaLoRA, DynDoRA's export)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+# Families whose models have a decoder: only these can generate (head seq2seq). roberta and bert are
+# encoder-only; bart also has classification and QA heads, so it fits every task.
+ENCODER_DECODER = ("bart",)
+# the offline choices (nothing to download) the hub error suggests, where they fit the task
+OFFLINE_MODELS = {
+    "minilm": "pretrained, pip-installed",
+    "tiny_roberta": "random init",
+    "tiny_bart": "random init",
+}
+
+
+def model_families() -> dict[str, str]:
+    """model=<name> -> its architecture family, read from configs/model/*.yaml."""
+    from omegaconf import OmegaConf
+
+    from dora.argcheck import group_options
+    from dora.config import CONFIG_DIR
+
+    return {m: OmegaConf.load(CONFIG_DIR / "model" / f"{m}.yaml").family for m in group_options("model")}
+
+
+def fits(family: str, head: str) -> bool:
+    return head != "seq2seq" or family in ENCODER_DECODER
+
+
+def offline_hint(head: str) -> str:
+    """The offline alternatives that can build ``head`` (no encoder-only model for a seq2seq task)."""
+    families = model_families()
+    models = [f"model={m} ({why})" for m, why in OFFLINE_MODELS.items() if fits(families[m], head)]
+    return f"offline alternatives: {', '.join(models)}, or model.path=/a/local/model/dir"
+
+
+def check_fits(cfg: ModelConfig, head: str) -> None:
+    """One line, before anything loads, for a model that cannot build the task's head."""
+    if fits(cfg.family, head):
+        return
+    suited = sorted(m for m, family in model_families().items() if fits(family, head))
+    raise UserError(
+        f"model={cfg.name} is encoder-only ({cfg.family}); a {head} task needs an encoder-decoder: "
+        + ", ".join(f"model={m}" for m in suited)
+    )
+
 
 AUTO_CLASSES = {
     "seq_cls": AutoModelForSequenceClassification,
@@ -61,6 +109,7 @@ def load_backbone(cfg: ModelConfig, head: str, num_labels: int) -> Backbone:
     """Build ``AutoModelFor<head>`` and its tokenizer from the configured source."""
     if head not in AUTO_CLASSES:
         raise UserError(f"unknown head kind {head!r}; valid: {', '.join(AUTO_CLASSES)}")
+    check_fits(cfg, head)
     kwargs = {} if head == "seq2seq" else {"num_labels": num_labels}
     if head == "regression":
         kwargs["problem_type"] = "regression"
@@ -96,20 +145,46 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
     if not local and not hub.offline_env() and not hub.reachable():
         if not hub.cached_model(path):
             raise UserError(
-                f"cannot load model {path!r}: the Hugging Face Hub is unreachable and it is not cached; {OFFLINE_HINT}"
+                f"cannot load model {path!r}: the Hugging Face Hub is unreachable and it is not cached; "
+                + offline_hint(head)
             )
         kwargs = {**kwargs, "local_files_only": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=kwargs.get("local_files_only", False)
         )
-        model = AUTO_CLASSES[head].from_pretrained(path, **kwargs)
+        model = _from_pretrained(AUTO_CLASSES[head], path, kwargs)
     except OSError as e:
         where = "local directory" if local else "the Hugging Face Hub or its local cache"
         raise UserError(
-            f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {OFFLINE_HINT}"
+            f"cannot load model {path!r} from {where}: {str(e).splitlines()[0]}; {offline_hint(head)}"
         ) from e
     return model, tokenizer
+
+
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return record.funcName != "log_state_dict_report"
+
+
+def _from_pretrained(auto_class, path: str, kwargs: dict) -> nn.Module:
+    """``from_pretrained`` without transformers' coloured LOAD REPORT table, which lists the task head
+    as MISSING on every run (it is new by design); weights missing outside the head get one line."""
+    report = logging.getLogger("transformers.modeling_utils")  # not its level: transformers reads that
+    report.addFilter(_no_load_report)
+    try:
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        report.removeFilter(_no_load_report)
+    body = [k for k in info.get("missing_keys", ()) if not k.startswith(HEAD_PREFIXES)]
+    if body:
+        shown = ", ".join(sorted(body)[:5]) + (", ..." if len(body) > 5 else "")
+        log.warning(
+            "%s: %d weights outside the task head are not in the checkpoint (random init): %s",
+            path,
+            len(body),
+            shown,
+        )
+    return model
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
@@ -139,11 +214,12 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 def _tiny(cfg: ModelConfig, head: str, kwargs: dict):
     tokenizer = byte_level_tokenizer()
     sizes = dict(cfg.tiny)
-    common = dict(vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs)
+    # sizes may override the vocabulary (e.g. a replayed run with ids beyond the byte-level tokenizer's)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs) | sizes
     if cfg.family == "bart":
-        config = BartConfig(decoder_start_token_id=2, forced_eos_token_id=2, **common, **sizes)
+        config = BartConfig(decoder_start_token_id=2, forced_eos_token_id=2, **common)
     elif cfg.family == "roberta":
-        config = RobertaConfig(**common, **sizes)
+        config = RobertaConfig(**common)
     else:
         raise UserError(f"tiny models exist for families roberta and bart, not {cfg.family!r}")
     return AUTO_CLASSES[head].from_config(config), tokenizer

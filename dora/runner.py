@@ -29,6 +29,7 @@ from accelerate.utils import gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from dora import checkpoint, rundir
@@ -59,6 +60,7 @@ class Progress:
     batches: int = 0  # batches of this epoch already consumed by this process
     samples: int = 0  # training examples seen by this process
     wall_s: float = 0.0  # training + evaluation wall time of earlier segments (before a resume)
+    lr_sum: float = 0.0  # Σ of the learning rate over optimizer steps done (how far Adam can move a weight)
     eval_s: float = 0.0
     started: bool = False  # training began: a failure from here on leaves failure.json
 
@@ -110,6 +112,7 @@ class Run:
     tracker: object
     data_notes: dict
     meter: LossMeter
+    trivial: dict  # "<split>/<metric>" -> [score of each constant predictor on that split]
     progress: Progress = field(default_factory=Progress)
     history: list[dict] = field(default_factory=list)
     scalars: dict = field(default_factory=dict)  # the method's latest after_optimizer_step scalars
@@ -130,10 +133,44 @@ def validated(cfg: DictConfig) -> dict:
 
 
 def mixed_precision(choice: str, cpu: bool) -> str:
+    """``no`` (the default) is fp32, the released code's arithmetic; bf16/fp16 autocast are opt-in speed
+    settings; ``auto`` = bf16 on a GPU that supports it, else fp32."""
     if choice != "auto":
         return choice
     gpu = torch.cuda.is_available() and not cpu
     return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+
+
+def fp32_matmuls() -> None:
+    """fp32 means fp32: no TF32 tensor-core matmuls (off by default in the torch the paper used)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def precision(accelerator: Accelerator) -> dict:
+    """What arithmetic the run used, for result.json and the tables."""
+    mp = accelerator.mixed_precision
+    return {"mixed_precision": mp, "compute": "fp32" if mp == "no" else mp, "tf32": False}
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads (``trainer.threads``) and return the number. Auto (null):
+    OMP_NUM_THREADS when set, else min(usable cores, 4). Small models gain little past 4 threads, and on
+    a shared CPU threads that wait for busy cores cost far more than they give (issue 17: 8.3 s/step
+    with 2 threads against 2.0 s/step with 1 on a loaded 2-core machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else min(cores, 4)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads > 1 and load > cores:  # advice only: the thread count stays what the config says
+        log.warning(
+            "load average %.1f on %d cores: %d threads will wait for each other; trainer.threads=1 is "
+            "likely faster on this busy machine",
+            load, cores, threads,
+        )  # fmt: skip
+    torch.set_num_threads(threads)
+    return threads
 
 
 def make_accelerator(trainer) -> Accelerator:
@@ -154,10 +191,12 @@ def make_accelerator(trainer) -> Accelerator:
 def build(cfg: DictConfig, out_dir: Path) -> Run:
     c = validated(cfg)
     trainer = c["trainer"]
+    set_threads(trainer.threads)  # before tokenisation and the model build
     task = build_task(c["task"], cfg.data_dir)
     task.check_data()  # before any download or model build
     method = build_method(c["method"], c["budget"])
     accelerator = make_accelerator(trainer)
+    fp32_matmuls()
     set_seed(cfg.seed)
     backbone = load_backbone(c["model"], task.head, task.num_labels)
     max_length = trainer.max_length or c["task"].max_length
@@ -167,6 +206,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         if len(split) == 0:
             what = "training" if name == "train" else f"{name}"
             raise UserError(f"task={c['task'].name}: the {what} split {c['task'].splits[name]!r} is empty")
+    trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
     sampler = EpochShuffle(len(data.train), cfg.seed, lengths, trainer.batch_size)
@@ -203,7 +243,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     )  # fmt: skip
     return Run(
         cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
-        eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device),
+        eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device), trivial,
     )  # fmt: skip
 
 
@@ -250,6 +290,7 @@ def train(run: Run) -> dict:
         "steps": p.step,
         "samples_per_s": p.samples * run.accelerator.num_processes / max(train_s, 1e-9),
         "peak_mem_mb": peak_memory_mb(run.accelerator.device),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -275,6 +316,7 @@ def micro_step(run: Run, batch: dict) -> bool:
             return False
         grad_norm = acc.clip_grad_norm_(run.model.parameters(), run.cfg.trainer.max_grad_norm)
         run.meter.flag(p.step + 1, grad_norm)
+        p.lr_sum += run.scheduler.get_last_lr()[0]  # the rate this step used
         run.optimizer.step()
         run.scheduler.step()
         p.step += 1
@@ -323,8 +365,11 @@ def evaluate(run: Run) -> dict:
             f"last good checkpoint: {run.last_checkpoint or 'none'}"
         )
     entry = {"epoch": run.progress.epoch, "step": run.progress.step, **metrics}
+    diag = diagnostics(run)
+    if diag:
+        entry["diagnostics"] = diag
     run.history.append(entry)
-    run.tracker.log(metrics, run.progress.step)
+    run.tracker.log(metrics | {f"diag/{k}": v for k, v in diag.items()}, run.progress.step)
     log.info(
         "eval epoch %d step %d: %s",
         entry["epoch"],
@@ -333,6 +378,12 @@ def evaluate(run: Run) -> dict:
     )
     run.progress.eval_s += time.perf_counter() - t
     return entry
+
+
+def diagnostics(run: Run) -> dict[str, float]:
+    """How far training has moved the method's weights (its ``diagnostics`` hook) and Σ lr so far."""
+    model = run.accelerator.unwrap_model(run.model)
+    return {"lr_sum": run.progress.lr_sum} | run.method.diagnostics(model)
 
 
 def log_train(run: Run, bar) -> None:
@@ -401,6 +452,17 @@ def restore(run: Run) -> None:
 
 
 # -- outputs ---------------------------------------------------------------------------------------
+NOT_METRICS = ("epoch", "step", "diagnostics")
+
+
+def degenerate(metrics: dict, headline: str, trivial: dict) -> bool | None:
+    """The headline equals a constant predictor's (MCC 0, majority- or minority-class accuracy): the
+    model has not left the trivial solution. None when the task has none (SQuAD, XSum)."""
+    if headline not in trivial:
+        return None
+    return any(abs(metrics[headline] - t) < 1e-6 for t in trivial[headline])
+
+
 def best_entry(history: list[dict], headline: str, from_step: int) -> dict:
     """Paper protocol: the best headline among evaluations at or after ``from_step`` (the last
     evaluation, at step T, always qualifies)."""
@@ -444,7 +506,9 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
     atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
-    best = best_entry(run.history, run.task.headline, run.method.best_from_step(run.total_steps))
+    best_from = run.method.best_from_step(run.total_steps)
+    best = best_entry(run.history, run.task.headline, best_from)
+    metrics = {k: v for k, v in run.history[-1].items() if k not in NOT_METRICS}
     result = {
         "task": c.task.name,
         "method": c.method.name,
@@ -454,8 +518,14 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "status": "ok",
         "config": run.config,
         "headline": run.task.headline,
-        "metrics": {k: v for k, v in run.history[-1].items() if k not in ("epoch", "step")},
-        "best": {k: v for k, v in best.items() if k != "step"},
+        "metrics": metrics,
+        "best": {k: v for k, v in best.items() if k not in ("step", "diagnostics")},
+        "best_from_step": best_from,  # the paper's protocol: evaluations from this step on are eligible
+        "trivial": {k: max(v) for k, v in run.trivial.items()},  # the best constant predictor's score
+        "constant_scores": run.trivial,  # every constant predictor's: a run at one of them is degenerate
+        "degenerate": degenerate(metrics, run.task.headline, run.trivial),
+        "precision": precision(run.accelerator),
+        "diagnostics": diagnostics(run),
         "history": run.history,
         "params": {
             "budget": int(run.method.budget_params(model)),
@@ -518,7 +588,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 "train and evaluation splits come from one original split (%s): not comparable with official dev numbers",
                 r.task.data_notes()["same_source"],
             )
-        with failure_record(r):
+        with failure_record(r), logging_redirect_tqdm():  # log lines go above the bar, not onto it
             restore(r)
             timing = train(r) | {"setup_s": setup_s}
             distributed = ranks_agree(r)

@@ -50,6 +50,9 @@ TARGETS = {
     "sweep-dem": ("sweep_dem",),
     # the MiniLM mini-reproduction (README "Mini-reproduction on MiniLM")
     "mini": ("mini_dora", "mini_adalora", "mini_lora", "mini_bitfit", "mini_full"),
+    # the MiniLM study (README "Does dynamic rank allocation help?"), stage 1: the precondition
+    "study1": ("study1_lora", "study1_dora"),
+    "study3": ("study3_lora", "study3_adalora", "study3_dora", "study3_dora_noprune"),
 }
 # every experiment file is a target of its own too (files starting with "_" are shared parts, not grids)
 for _f in sorted((CONFIGS / "experiment").glob("[!_]*.yaml")):
@@ -70,6 +73,11 @@ TOKENS_PER_S = {
     "tiny_bart": 1_000_000,
 }
 # training examples: GLUE from the paper's Table 7; SQuAD v1.1 / v2.0 and XSum train split sizes
+# CPU grids (the MiniLM mini-reproduction): run-seconds on the CPU, calibrated on `make mini-table` on this
+# project's 2-core AMD EPYC, one thread per run, two runs at once: 21,300 optimizer steps x 16 x 128
+# padded tokens = 43.6M tokens in 4.24 run-hours (15,264 s), setup and evaluation included.
+CPU_TOKENS_PER_S = {"minilm": 2_860}
+CPU_GRIDS = ("mini", "study")  # targets (and their experiment files) meant for the CPU: MiniLM grids
 NON_GLUE_TRAIN = {"squad_v1": 87_599, "squad_v2": 130_319, "xsum": 204_045}
 GLUE_CORPUS = {"RTE": "rte", "MRPC": "mrpc", "STS-B": "stsb", "CoLA": "cola", "SST-2": "sst2"}
 GLUE_CORPUS |= {"QNLI": "qnli", "QQP": "qqp", "MNLI": "mnli"}
@@ -81,7 +89,7 @@ class Run:
     overrides: list[str]  # the job's command-line overrides, as Hydra's sweeper builds them
     folder: Path
     done: bool
-    cost_s: float  # rough GPU seconds
+    cost_s: float  # rough seconds: GPU seconds, or CPU run-seconds for a CPU grid
 
 
 # -- expanding a grid ---------------------------------------------------------------------------------
@@ -136,9 +144,8 @@ def plan(target: str, runs: Path, extra: list[str]) -> list[Run]:
             folder = run_folder(runs, overrides)
             if folder not in out:
                 done = (folder / "result.json").exists()
-                out[folder] = Run(
-                    experiment, overrides, folder, done, estimate_seconds(overrides, experiment)
-                )
+                cost = estimate_seconds(overrides, experiment, device_of(target))
+                out[folder] = Run(experiment, overrides, folder, done, cost)
     return list(out.values())
 
 
@@ -180,8 +187,13 @@ def _setting(ov: dict, key: str, task: str, method: str, default, body: dict | N
     return value
 
 
-def estimate_seconds(overrides: list[str], experiment: str | None = None) -> float:
-    """Rough GPU seconds of one run: steps x batch x padded length / backbone throughput."""
+def device_of(target: str) -> str:
+    """``cpu`` for the grids meant for the CPU (their costs are CPU run-hours), ``gpu`` otherwise."""
+    return "cpu" if target.startswith(CPU_GRIDS) else "gpu"
+
+
+def estimate_seconds(overrides: list[str], experiment: str | None = None, device: str = "gpu") -> float:
+    """Rough seconds of one run on ``device``: steps x batch x padded length / backbone throughput."""
     ov = dict(o.split("=", 1) for o in overrides)
     task, method = ov.get("task", "rte"), ov.get("method", "full")
     body = _body(experiment) if experiment else {}
@@ -197,6 +209,8 @@ def estimate_seconds(overrides: list[str], experiment: str | None = None) -> flo
     steps = int(setting("trainer.max_steps", -1))
     if steps <= 0:
         steps = math.ceil(_train_examples(task) / batch) * epochs
+    if device == "cpu":
+        return steps * batch * length / CPU_TOKENS_PER_S.get(model, CPU_TOKENS_PER_S["minilm"])
     return steps * batch * length / TOKENS_PER_S.get(model, 40_000)
 
 
@@ -217,10 +231,20 @@ def launcher_overrides(launcher: str, jobs: int) -> list[str]:
     return [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
 
 
+def job_env(environ, jobs: int, per_gpu: int) -> dict[str, str]:
+    """The runs' environment. With several runs at once, each gets its share of the CPU cores as
+    OMP_NUM_THREADS (which trainer.threads=null follows), unless the caller set it already."""
+    env = {**environ, "DORA_RUNS_PER_GPU": str(per_gpu)}
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // jobs))
+    return env
+
+
 def launch(target: str, runs: Path, extra: list[str], launcher: str, jobs: int, per_gpu: int) -> int:
     """One Hydra multirun per experiment file; finished runs return at once inside the job."""
     exclude = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE_KEYS)}]"
-    env = {**os.environ, "DORA_RUNS_PER_GPU": str(per_gpu)}
+    env = job_env(os.environ, jobs, per_gpu)
     job_extra, hydra_extra = _split(extra)
     rc = 0
     for experiment in TARGETS[target]:
@@ -239,13 +263,20 @@ def launch(target: str, runs: Path, extra: list[str], launcher: str, jobs: int, 
 # -- command line --------------------------------------------------------------------------------------
 def report(target: str, runs: list[Run]) -> None:
     todo = [r for r in runs if not r.done]
+    cpu = device_of(target) == "cpu"
+    unit = "CPU run-h" if cpu else "GPU-h"
     for r in todo:
-        print(f"  {r.folder}  [{r.experiment}, ~{r.cost_s / 3600:.2f} GPU-h]")
+        print(f"  {r.folder}  [{r.experiment}, ~{r.cost_s / 3600:.2f} {unit}]")
     hours = sum(r.cost_s for r in todo) / 3600
+    basis = (
+        f"CPU run-hours (rough: ~{CPU_TOKENS_PER_S['minilm']:,} padded tokens/s for MiniLM with one thread "
+        "per run, measured on a 2-core CPU, setup and evaluation included; N runs at once on N cores take about 1/N of it in wall-clock time)"
+        if cpu
+        else f"GPU-hours (rough: A100-class GPU, ~{TOKENS_PER_S['roberta_base']:,} tokens/s for roberta-base, "
+        "padded length, evaluation not counted)"
+    )
     print(
-        f"{target}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run; "
-        f"about {hours:,.1f} GPU-hours (rough: A100-class GPU, ~{TOKENS_PER_S['roberta_base']:,} "
-        "tokens/s for roberta-base, padded length, evaluation not counted)"
+        f"{target}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run; about {hours:,.1f} {basis}"
     )
 
 

@@ -9,8 +9,16 @@ as failed / incomplete and never counted. A cell with no runs stays empty.
 Writes, for every paper table with at least one run: ``tableN.md``, ``tableN.csv``, ``tableN.tex``
 (ours as mean±std (n), the paper's number beside it, the difference; Avg as the paper computes it),
 one tidy ``cells.csv`` (both protocols) and ``runs.md`` (what was used, failed, incomplete, mixed).
-Protocol ``best``: the paper's (result["best"], the best epoch after pruning ends); ``last``: the
-final evaluation (result["metrics"]).
+Protocols: ``best``, the paper's (result["best"]: the best evaluation once the run's own allocation is
+final, so each method has its own eligible set); ``last``, the final evaluation (result["metrics"]);
+``common``, the best evaluation at or after one step shared by every run of a table column (the latest
+step at which any of them fixed its allocation), so that no method gets more chances than another.
+
+Runs whose headline equals a constant predictor's (MCC 0, majority- or minority-class accuracy) are
+degenerate: counted beside each cell ("+k trivial"), never averaged in. Runs of one cell must share their
+configuration beyond the seed (data, schedule, knobs); the largest such group fills the cell and the
+others are listed in runs.md as excluded. ``allocation.md`` / ``allocation.csv`` report, for the adaptive
+methods, how reproducible the final rank pattern is across seeds (allocation.py).
 """
 
 from __future__ import annotations
@@ -24,11 +32,27 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import allocation  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "results" / "paper"
 MNLI_AVG = "dev_m_mm/accuracy"  # the paper's MNLI column: mean of matched and mismatched accuracy
 PAPER_NAMES = {"full": "Full FT", "bitfit": "BitFit", "houlsby": "H-Adapter", "pfeiffer": "P-Adapter"}
-PAPER_NAMES |= {"lora": "LoRA", "adalora": "AdaLoRA", "dora": "DoRA"}
+PAPER_NAMES |= {"lora": "LoRA", "adalora": "AdaLoRA", "dora": "DoRA"}  # as results/paper/*.csv print them
+# our row titles: the paper calls its method "DoRA"; we say DynDoRA (not PEFT's weight-decomposed DoRA)
+ROW_NAMES = PAPER_NAMES | {"dora": "DynDoRA"}
+MODEL_TITLES = {"roberta_base": "RoBERTa-base", "roberta_large": "RoBERTa-large", "bart_base": "BART-base"}
+MODEL_TITLES |= {"bart_large": "BART-large", "minilm": "all-MiniLM-L6-v2 (MiniLM)"}
+PROTOCOLS = ("best", "last", "common")
+# accuracy of each constant prediction on the official GLUE dev sets (checked against shared/data by a
+# test): how runs written before result.json carried "constant_scores" are recognised as degenerate
+OFFICIAL_DEV_CONSTANTS = {
+    "rte": (52.7075812274, 47.2924187726),
+    "mrpc": (68.3823529412, 31.6176470588),
+    "sst2": (50.9174311927, 49.0825688073),
+    "cola": (69.1275167785, 30.8724832215),
+}
 ETA = "eta"  # knob value placeholder: paper Table 8's eta for the run's task
 CELL_COLUMNS = [
     "table",
@@ -41,6 +65,7 @@ CELL_COLUMNS = [
     "mean",
     "std",
     "median",
+    "degenerate",
     "paper",
 ]
 # run-folder bookkeeping that marks a folder as a run even before it has a result
@@ -68,7 +93,7 @@ class Row:
 @dataclass
 class Table:
     name: str
-    caption: str
+    caption: str  # "{model}" is replaced by the backbone the cells hold
     model: str  # the paper's backbone; --model replaces it
     columns: list[Column]
     rows: list[Row]
@@ -82,14 +107,14 @@ DORA_DEFAULT = (("method.init_ratio", 1.5), ("method.dem_coef", ETA))  # Table 8
 def _rows(methods: list[str], budgets=("high", "low")) -> list[Row]:
     """Budgeted rows in the paper's order: every method at 1.33M, then every method at 0.33M."""
     return [
-        Row(m, m, b, DORA_DEFAULT if m == "dora" else (), f"{PAPER_NAMES[m]} ({b})")
+        Row(m, m, b, DORA_DEFAULT if m == "dora" else (), f"{ROW_NAMES[m]} ({b})")
         for b in budgets
         for m in methods
     ]
 
 
 def _unbudgeted(*methods: str) -> list[Row]:
-    return [Row(m, m, None, (), PAPER_NAMES[m]) for m in methods]
+    return [Row(m, m, None, (), ROW_NAMES[m]) for m in methods]
 
 
 GLUE = [
@@ -104,22 +129,22 @@ GLUE = [
 ]
 ALL_PEFT = ["houlsby", "pfeiffer", "lora", "adalora", "dora"]
 TABLES = [
-    Table("table2", "RoBERTa-base on GLUE (dev)", "roberta_base", GLUE,
+    Table("table2", "{model} on GLUE (dev)", "roberta_base", GLUE,
           _unbudgeted("full", "bitfit") + _rows(ALL_PEFT), "method", avg=True),
-    Table("table3", "RoBERTa-base on SQuAD (dev, EM / F1)", "roberta_base",
+    Table("table3", "{model} on SQuAD (dev, EM / F1)", "roberta_base",
           [Column(t, f"dev/{m}", f"{t}_{c}", f"{name} {c.upper()}")
            for t, name in (("squad_v1", "SQuAD v1.1"), ("squad_v2", "SQuAD v2.0"))
            for m, c in (("exact_match", "em"), ("f1", "f1"))],
           _unbudgeted("full", "bitfit") + _rows(ALL_PEFT), "method"),
-    Table("table4", "BART-base on XSum (dev, ROUGE-1/2/L)", "bart_base",
+    Table("table4", "{model} on XSum (dev, ROUGE-1/2/L)", "bart_base",
           [Column("xsum", f"dev/{m}", m, f"XSum R-{m[5:]}") for m in ("rouge1", "rouge2", "rougeL")],
           _unbudgeted("full") + _rows(["lora", "adalora", "dora"]), "method"),
-    Table("table5", "Effect of DEM (DynDoRA 1.33M, RoBERTa-base)", "roberta_base",
+    Table("table5", "Effect of DEM (DynDoRA 1.33M, {model})", "roberta_base",
           [GLUE[2], GLUE[3], GLUE[4]],
           [Row("dora", "dora", "high", DORA_DEFAULT, "with DEM"),
            Row("dora eta=0", "dora", "high", (("method.init_ratio", 1.5), ("method.dem_coef", 0.0)),
                "without DEM (eta = 0)")], "setting"),
-    Table("table6", "Initial budget b(0) at b(T) = 2 (DynDoRA, RoBERTa-base)", "roberta_base",
+    Table("table6", "Initial budget b(0) at b(T) = 2 (DynDoRA, {model})", "roberta_base",
           [GLUE[1], GLUE[2], GLUE[4]],
           [Row(f"dora b0={b0}", "dora", "low", (("method.init_ratio", b0 / 2), ("method.dem_coef", ETA)),
                f"b(0) = {b0}") for b0 in (2, 3, 4, 6, 8)], "initial_budget"),
@@ -211,13 +236,47 @@ def matches(result: dict, row: Row, task: str, model: str, eta: dict) -> bool:
     return True
 
 
-def value(result: dict, metric: str, protocol: str) -> float | None:
-    """A run's number for a cell: result["best"] (protocol best) or result["metrics"] (last)."""
-    source = result.get("best" if protocol == "best" else "metrics") or {}
+def value(result: dict, metric: str, protocol: str, from_step: int = 0) -> float | None:
+    """A run's number for a cell: result["best"] (best), result["metrics"] (last), or the best
+    evaluation at or after ``from_step`` (common; the last evaluation when none is that late)."""
+    if protocol == "common":
+        history = [h for h in result.get("history", []) if _metric(h, metric) is not None]
+        eligible = [h for h in history if h["step"] >= from_step] or history[-1:]
+        return max((_metric(h, metric) for h in eligible), default=None)
+    return _metric(result.get("best" if protocol == "best" else "metrics") or {}, metric)
+
+
+def _metric(source: dict, metric: str) -> float | None:
     if metric == MNLI_AVG:
         both = [source.get("dev_matched/accuracy"), source.get("dev_mismatched/accuracy")]
         return None if None in both else sum(both) / 2
     return source.get(metric)
+
+
+def best_from_step(result: dict) -> int:
+    """The step from which the run's own allocation is final (0 for non-adaptive methods). Runs written
+    before result.json carried it: the last allocation event in budget_history."""
+    if result.get("best_from_step") is not None:
+        return int(result["best_from_step"])
+    history = result.get("budget_history") or []
+    return int(history[-1][0]) if history else 0
+
+
+def is_degenerate(result: dict, metric: str, v: float) -> bool:
+    """The value equals a constant predictor's: result.json's constant_scores (or its best, trivial);
+    for older runs, 0 for correlations and the official dev sets' class shares for accuracy."""
+    name = metric.split("/")[-1]
+    constants = (result.get("constant_scores") or {}).get(metric)
+    if constants is None and metric in (result.get("trivial") or {}):
+        constants = [result["trivial"][metric]]
+    if constants is None:
+        if name in ("mcc", "pearson", "spearman"):
+            constants = [0.0]
+        elif name == "accuracy" and cfg_get(result, "task.splits.dev") in ("dev", None):
+            constants = OFFICIAL_DEV_CONSTANTS.get(result.get("task"), ())
+        else:
+            constants = ()
+    return any(abs(v - c) < 1e-6 for c in constants)
 
 
 # -- aggregation --------------------------------------------------------------------------------------
@@ -242,13 +301,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def stats(values: list[float]) -> dict:
+def stats(values: list[float], degenerate: int = 0) -> dict:
+    """Over the runs that left the trivial predictor; ``degenerate`` counts those that did not."""
     n = len(values)
     return {
         "n": n,
         "mean": statistics.fmean(values) if n else None,
         "std": statistics.stdev(values) if n > 1 else None,  # one seed: no spread to report
         "median": statistics.median(values) if n else None,
+        "degenerate": degenerate,
     }
 
 
@@ -261,18 +322,48 @@ class Cell:
     stats: dict
     paper: float | None
     runs: list[dict]
+    excluded: list[dict] = field(default_factory=list)  # same cell, another configuration
+
+
+def one_configuration(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the largest group of runs sharing one configuration beyond the seed, the others): runs of another
+    data set, schedule or knob never share a cell."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(signature(r), []).append(r)
+    if len(groups) < 2:
+        return runs, []
+    keep = max(sorted(groups), key=lambda k: len(groups[k]))
+    return groups[keep], [r for k, g in groups.items() if k != keep for r in g]
+
+
+def cell_runs(table: Table, runs: list[dict], model: str, eta: dict) -> dict:
+    """(row index, column index) -> (runs used, runs excluded)."""
+    out = {}
+    for i, row in enumerate(table.rows):
+        for j, col in enumerate(table.columns):
+            out[i, j] = one_configuration([r for r in runs if matches(r, row, col.task, model, eta)])
+    return out
 
 
 def table_cells(table: Table, runs: list[dict], model: str, protocol: str, eta: dict) -> list[Cell]:
-    cells = []
-    for row, paper in zip(table.rows, paper_rows(table), strict=True):
+    cells, chosen = [], cell_runs(table, runs, model, eta)
+    # common protocol: one eligibility step per column, the latest at which any of its runs fixed its allocation
+    common_from = {
+        j: max((best_from_step(r) for i in range(len(table.rows)) for r in chosen[i, j][0]), default=0)
+        for j in range(len(table.columns))
+    }
+    for i, (row, paper) in enumerate(zip(table.rows, paper_rows(table), strict=True)):
         row_cells = []
-        for col in table.columns:
-            used = [r for r in runs if matches(r, row, col.task, model, eta)]
-            vals = [v for r in used if (v := value(r, col.metric, protocol)) is not None]
-            row_cells.append(
-                Cell(table.name, row, col, protocol, stats(vals), _num(paper[col.paper_col]), used)
-            )
+        for j, col in enumerate(table.columns):
+            used, excluded = chosen[i, j]
+            pairs = [
+                (r, v) for r in used if (v := value(r, col.metric, protocol, common_from[j])) is not None
+            ]
+            vals = [v for r, v in pairs if not is_degenerate(r, col.metric, v)]
+            cell = Cell(table.name, row, col, protocol, stats(vals, len(pairs) - len(vals)),
+                        _num(paper[col.paper_col]), used, excluded)  # fmt: skip
+            row_cells.append(cell)
         if table.avg:
             row_cells.append(_avg_cell(table, row, protocol, row_cells, _num(paper["Avg"])))
         cells += row_cells
@@ -283,6 +374,7 @@ def _avg_cell(table: Table, row: Row, protocol: str, cells: list[Cell], paper: f
     """The paper's Avg: the mean of the row's task columns (present only when every column is)."""
     means = [c.stats["mean"] for c in cells]
     s = {"n": min(c.stats["n"] for c in cells), "mean": None, "std": None, "median": None}
+    s["degenerate"] = sum(c.stats["degenerate"] for c in cells)
     if None not in means:
         s["mean"] = statistics.fmean(means)
     return Cell(table.name, row, None, protocol, s, paper, [])
@@ -324,12 +416,13 @@ def diff(c: Cell) -> float | None:
 
 
 def ours(c: Cell) -> str:
+    trivial = f" +{c.stats['degenerate']} trivial" if c.stats["degenerate"] and c.column else ""
     if c.stats["mean"] is None:
-        return "—"
+        return "—" + trivial
     if c.column is None:  # Avg: a mean of means
         return fmt(c.stats["mean"])
     spread = f"±{fmt(c.stats['std'])}" if c.stats["std"] is not None else ""
-    return f"{fmt(c.stats['mean'])}{spread} ({c.stats['n']})"
+    return f"{fmt(c.stats['mean'])}{spread} ({c.stats['n']}){trivial}"
 
 
 def header(table: Table, csv_names: bool = False) -> list[str]:
@@ -351,11 +444,26 @@ def params_m(cells: list[Cell]) -> str:
     return f"{mean / 1e6:.2f}M" if mean >= 5e3 else f"{mean:.0f}"  # tiny test models: a plain count
 
 
-def write_md(table: Table, cells: list[Cell], protocol: str, path: Path, footer: str = "") -> None:
+PROTOCOL_NOTES = {
+    "best": "the paper's: best evaluation once each run's own allocation is final",
+    "last": "the final evaluation",
+    "common": "best evaluation at or after one step shared by the column's runs (the latest final allocation)",
+}
+
+
+def caption(table: Table, model: str) -> str:
+    return table.caption.format(model=MODEL_TITLES.get(model, model))
+
+
+def write_md(
+    table: Table, cells: list[Cell], protocol: str, path: Path, footer: str = "", model: str = ""
+) -> None:
     lines = [
-        f"# {table.name}: {table.caption}",
+        f"# {table.name}: {caption(table, model or table.model)}",
         "",
-        f"Ours: mean±std (n seeds), protocol `{protocol}`; below it the paper's number and ours − paper.",
+        f"Ours: mean±std (n seeds) over runs that left the trivial predictor (+k trivial: runs at a constant "
+        f"predictor's score, not averaged in); protocol `{protocol}` ({PROTOCOL_NOTES[protocol]}); below it "
+        "the paper's number (RoBERTa-base / BART-base, its Table 8 schedules) and ours − paper.",
         "",
         "| Method | Params (ours / paper) | " + " | ".join(header(table)) + " |",
         "|---|---|" + "---|" * len(header(table)),
@@ -388,11 +496,11 @@ def write_wide_csv(table: Table, cells: list[Cell], path: Path) -> None:
             w.writerow(out)
 
 
-def write_tex(table: Table, cells: list[Cell], protocol: str, path: Path) -> None:
+def write_tex(table: Table, cells: list[Cell], protocol: str, path: Path, model: str = "") -> None:
     """booktabs tabular; each cell: ours mean$\\pm$std (n) over the paper's number and the difference."""
     names = [n.replace("_", r"\_") for n in header(table)]
     lines = [
-        f"% {table.name}: {table.caption}; protocol {protocol}. Needs \\usepackage{{booktabs}}.",
+        f"% {table.name}: {caption(table, model or table.model)}; protocol {protocol}. Needs \\usepackage{{booktabs}}.",
         r"\begin{tabular}{l" + "c" * len(names) + "}",
         r"\toprule",
         "Method & " + " & ".join(names) + r" \\",
@@ -413,15 +521,18 @@ def _tex_cell(c: Cell) -> str:
 
 # -- the report and the command line ------------------------------------------------------------------
 def warnings(cells: list[Cell]) -> list[str]:
-    """Cells whose runs repeat a seed or differ in configuration beyond the seed (both are counted)."""
+    """Cells whose runs repeat a seed (counted), or that left out runs of another configuration."""
     out = []
     for c in cells:
         seeds = [r.get("seed") for r in c.runs]
         where = f"{c.table} {c.row.label} {c.row.budget or ''} {c.column.task}"
         if len(set(seeds)) < len(seeds):
             out.append(f"{where}: repeated seeds {sorted(seeds)}")
-        if len({signature(r) for r in c.runs}) > 1:
-            out.append(f"{where}: runs with different configurations (beyond the seed)")
+        for r in c.excluded:
+            out.append(
+                f"{where}: excluded `{r['_path']}` (another configuration beyond the seed than the cell's "
+                f"{len(c.runs)} runs: data, schedule or knobs)"
+            )
     return out
 
 
@@ -446,21 +557,51 @@ def write_report(s: Scan, used: set[str], notes: list[str], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def precision_note(runs: list[dict]) -> str:
+    """Which arithmetic the table's runs used (result.json ``precision``; older runs did not record it)."""
+    counts: dict[str, int] = {}
+    for r in {r["_path"]: r for r in runs}.values():
+        kind = (r.get("precision") or {}).get("compute", "not recorded")
+        counts[kind] = counts.get(kind, 0) + 1
+    return "Arithmetic: " + ", ".join(f"{k} ({n} runs)" for k, n in sorted(counts.items())) + "."
+
+
+def table_model(table: Table, runs: list[dict], model: str | None) -> str:
+    """The backbone a table counts: the one asked for, else the paper's when any of its runs exist, else
+    the backbone with the most runs of the table's tasks and methods (said on stdout and in the title)."""
+    if model:
+        return model
+    if any(r.get("model") == table.model for r in runs):
+        return table.model
+    tasks, methods = {c.task for c in table.columns}, {r.method for r in table.rows}
+    counts: dict[str, int] = {}
+    for r in runs:
+        if r.get("task") in tasks and r.get("method") in methods:
+            counts[r["model"]] = counts.get(r["model"], 0) + 1
+    return max(sorted(counts), key=counts.get) if counts else table.model
+
+
 def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str = "best") -> Scan:
-    """Write every table with data, cells.csv and runs.md to ``out_dir``; returns the scan."""
+    """Write every table with data, cells.csv, runs.md and the allocation diagnostics to ``out_dir``."""
     s, eta = scan(runs_dir), paper_eta()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, used, notes = [], set(), []
     for table in TABLES:
-        both = {p: table_cells(table, s.ok, model or table.model, p, eta) for p in ("best", "last")}
-        cells = both[protocol]
-        if not any(c.stats["n"] for c in cells if c.column):
+        backbone = table_model(table, s.ok, model)
+        every = {p: table_cells(table, s.ok, backbone, p, eta) for p in PROTOCOLS}
+        cells = every[protocol]
+        if not any(c.stats["n"] + c.stats["degenerate"] for c in cells if c.column):
             continue
-        footer = f"Failed runs: {len(s.failed)}, incomplete: {len(s.incomplete)} (not counted; see runs.md)."
-        write_md(table, cells, protocol, out_dir / f"{table.name}.md", footer)
+        if backbone != table.model:
+            print(f"{table.name}: counting {backbone} runs (the paper's table is {table.model})")
+        footer = (
+            f"Failed runs: {len(s.failed)}, incomplete: {len(s.incomplete)} (not counted; see runs.md).\n\n"
+        )
+        footer += precision_note([r for c in cells for r in c.runs])
+        write_md(table, cells, protocol, out_dir / f"{table.name}.md", footer, backbone)
         write_wide_csv(table, cells, out_dir / f"{table.name}.csv")
-        write_tex(table, cells, protocol, out_dir / f"{table.name}.tex")
-        rows += tidy(both["best"]) + tidy(both["last"])
+        write_tex(table, cells, protocol, out_dir / f"{table.name}.tex", backbone)
+        rows += [row for p in PROTOCOLS for row in tidy(every[p])]
         used |= {r["_path"] for c in cells for r in c.runs}
         notes += warnings([c for c in cells if c.column])
     with open(out_dir / "cells.csv", "w", newline="") as f:
@@ -468,6 +609,12 @@ def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str
         w.writeheader()
         w.writerows(rows)
     write_report(s, used, notes, out_dir / "runs.md")
+    for row in allocation.write(s.ok, out_dir):
+        print(
+            f"allocation {row['model']} {row['task']} {row['method']}: {row['seeds']} seeds, mean pairwise r "
+            f"{allocation._f(row['mean_r'])} (permutation p {allocation._f(row['p'], 3)}), "
+            f"cos(B, B0) {allocation._f(row['b_cos_init'], 3)}"
+        )
     return s
 
 
@@ -476,9 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, required=True, help="folder of run folders (any depth)")
     p.add_argument("--out", type=Path, required=True, help="where the tables go")
     p.add_argument(
-        "--model", default=None, help="count runs of this model (default: each table's paper backbone)"
+        "--model",
+        default=None,
+        help="count runs of this model (default: each table's paper backbone, else the one with most runs)",
     )
-    p.add_argument("--protocol", choices=("best", "last"), default="best", help="protocol of tableN.*")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="best", help="protocol of tableN.*")
     a = p.parse_args(argv)
     if not a.runs.is_dir():
         print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)

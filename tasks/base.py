@@ -54,6 +54,11 @@ class Task:
             what = "training" if which == "train" else which
             raise UserError(f"task={self.cfg.name}: the {what} split {spec_str!r} is empty")
 
+    def trivial_scores(self, evals: dict) -> dict[str, list[float]]:
+        """``{"<split>/<metric>": [score of each constant predictor]}`` on each evaluation split, so a
+        run stuck at one can be flagged (result.json ``degenerate``). Empty: no trivial predictor."""
+        return {}
+
     def data_notes(self) -> dict:
         notes = {"source": self.data_dir or "hub", "splits": dict(self.cfg.splits)}
         shared = shared_sources(self.cfg.splits)

@@ -254,6 +254,18 @@ class Glue(Task):
         values = metrics.compute(self.spec.metrics, torch.cat(preds).numpy(), torch.cat(refs).numpy())
         return {f"{split}/{name}": v for name, v in values.items()}
 
+    def trivial_scores(self, evals: dict) -> dict[str, list[float]]:
+        """Each metric's value for every constant prediction (each class; for regression a constant,
+        whose correlations are 0): majority- and minority-class accuracy, MCC 0, F1 of all-positive."""
+        out = {}
+        for split, ds in evals.items():
+            y = np.asarray(ds["labels"])
+            classes = [0.0] if self.spec.regression else range(self.num_labels)
+            constants = [np.full(len(y), k) for k in classes]
+            for name in self.spec.metrics:
+                out[f"{split}/{name}"] = [metrics.compute([name], c, y)[name] for c in constants]
+        return out
+
 
 def by_length(ds: Dataset) -> Dataset:
     return ds.select(np.argsort([len(ids) for ids in ds["input_ids"]], kind="stable"))

@@ -1,5 +1,9 @@
-"""Shared fixtures. Real benchmark files come from shared/data, found via ``--data-dir`` or the
-DORA_DATA_DIR environment variable (default: ../shared/data next to the checkout)."""
+"""Shared fixtures.
+
+``data_dir`` is ``data/fixtures`` in this repository: small real slices of the benchmark files, so a
+fresh clone runs every data test. The few tests that need the full files (official row counts) are
+marked ``full_data`` and take ``full_data_dir``: the folder given by ``--data-dir`` or DORA_DATA_DIR.
+Without either they are skipped with that reason; nothing is looked up at a fixed path."""
 
 from __future__ import annotations
 
@@ -17,28 +21,43 @@ def pytest_addoption(parser):
     )
 
 
+FIXTURES = REPO / "data" / "fixtures"
+
+
+def _full_data_option(config) -> str | None:
+    return config.getoption("--data-dir") or os.environ.get("DORA_DATA_DIR") or None
+
+
 @pytest.fixture(scope="session")
-def data_dir(request) -> Path:
-    value = (
-        request.config.getoption("--data-dir")
-        or os.environ.get("DORA_DATA_DIR")
-        or REPO.parent / "shared" / "data"
-    )
-    path = Path(value).resolve()
+def data_dir() -> Path:
+    """The real-data slices shipped in data/fixtures (the same layout as a full data folder)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def full_data_dir(request) -> Path:
+    """The full benchmark files (``--data-dir`` or DORA_DATA_DIR); only for tests marked full_data."""
+    path = Path(_full_data_option(request.config)).resolve()
     if not (path / "glue").is_dir():
-        pytest.skip(f"no benchmark data at {path} (set DORA_DATA_DIR or --data-dir)")
+        pytest.fail(f"--data-dir / DORA_DATA_DIR={path} has no glue/ folder (expected a shared/data layout)")
     return path
 
 
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs CUDA")
+    if not _full_data_option(config):
+        skips["full_data"] = pytest.mark.skip(
+            reason="needs the full benchmark files: set DORA_DATA_DIR=PATH or --data-dir PATH "
+            "(a folder laid out like shared/data; data/fixtures holds only slices)"
+        )
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +66,14 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_run(monkeypatch):
+    """Runs started by tests (in this process or as subprocesses) take trainer.threads=null, i.e.
+    OMP_NUM_THREADS: one thread, as the ``one_thread`` fixtures here, so that in-process and CLI runs of
+    one configuration compute bit-identically and tiny models don't fight over a shared CPU."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

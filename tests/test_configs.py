@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from dora.cli import group_options
+from dora.argcheck import check_command_line, group_options
 from dora.config import CONFIG_DIR
+from dora.errors import UserError
 from dora.methods import METHODS
 from tasks import TASKS
-from tests.helpers import cli_inprocess, compose, run_cli
+from tests.helpers import REPO, cli_inprocess, compose, run_cli
 
 TASK_NAMES, METHOD_NAMES, MODEL_NAMES = group_options("task"), group_options("method"), group_options("model")
 
@@ -88,6 +91,59 @@ def test_bad_command_lines_fail_with_one_line(capsys, args, expected):
     code, err = cli_inprocess(capsys, *args, "logger=none")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+
+
+QUICK = [
+    ["task=nosuch"],
+    ["-m", "method=lora,nosuch"],
+    ["experiment=nosuch"],
+    ["nosuch=1"],
+    ["trainer.nosuch=1"],
+    ["logger.nosuch=1"],
+    ["trainer.epochs=many"],
+    ["trainer.lr=-1"],
+    ["trainer.batch_size=0"],
+    ["trainer.threads=0"],
+    ["trainer.mixed_precision=fp8"],
+    ["logger.mode=sometimes"],
+    ["model.source=ftp"],
+    ["budget.rank=0"],
+]
+
+
+@pytest.mark.parametrize("args", QUICK, ids=lambda a: a[-1])
+def test_the_torch_free_check_says_what_preflight_says(capsys, args):
+    """run.py checks these before importing torch; the line is the one the full preflight prints."""
+    with pytest.raises(UserError) as quick:
+        check_command_line(args)
+    code, err = cli_inprocess(capsys, *args, "logger=none")
+    assert code == 2 and err.strip() == f"error: {quick.value}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["task=sst2", "method=dora", "model=minilm", "budget=high", "seed=3", "trainer.lr=null"],
+        ["-m", "task=rte,mrpc", "method=lora,adalora,dora", "seed=range(1,3)", "hydra/launcher=local"],
+        ["experiment=mini_dora", "trainer.epochs=2", "logger.tags=[a,b]", "model.tiny.hidden_size=8"],
+        ["method.init_ratio=0.5", "task.splits.dev=dev:0:5", "+nosuch=1", "~trainer.lr", "data_dir=x"],
+    ],
+)
+def test_the_torch_free_check_lets_good_command_lines_through(args):
+    check_command_line(args)  # method.* / task.* and +/~ overrides are preflight's to judge
+
+
+def test_a_typo_is_answered_before_torch_is_imported():
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['run.py', 'task=nosuch']\n"
+        "try:\n    runpy.run_path('run.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    print(e.code)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split("\n")[:2] == ["2", "[]"], proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: unknown task 'nosuch'")
 
 
 def test_the_real_cli_refuses_an_unknown_task():

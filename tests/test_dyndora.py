@@ -313,9 +313,11 @@ def test_roberta_base_and_bart_targets():
     assert len(names) == 96
     rows, cols, grid = rank_grid(dict.fromkeys(names, 2))
     assert "self Wq" in rows and "cross Wq" in rows and len(rows) == 10
-    assert cols[0] == "enc0" and cols[-1] == "dec5"
-    enc_cross = grid[rows.index("cross Wq")][cols.index("enc0")]
+    assert cols[0] == "enc1" and cols[-1] == "dec6"  # layers numbered from 1, as the paper's Figure 2
+    enc_cross = grid[rows.index("cross Wq")][cols.index("enc1")]
     assert enc_cross != enc_cross  # NaN: encoder layers have no cross-attention
+    rows, cols, _ = rank_grid({n: 2 for n, _ in targets})
+    assert rows == ["Wq", "Wk", "Wv", "Wo", "Wf1", "Wf2"] and cols == [str(i) for i in range(1, 13)]
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -367,3 +369,30 @@ def test_minilm_peft_export_reproduces_the_dev_metric(tmp_path, data_dir):
     with torch.no_grad():
         metrics = task.evaluate(model, loader, Accelerator(cpu=True), "dev")
     assert metrics == r["metrics"]
+
+
+def test_scores_and_ema_stay_fp32_under_a_float64_default(one_thread):
+    """The score state is fp32 explicitly: a float64 default dtype (a user's script) must not break it."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _, model, method = adapted(total_steps=20)
+        assert method.layers[0].lora_A.dtype == torch.float64
+        g = torch.Generator().manual_seed(0)
+        for step in range(1, 21):
+            model(**batch(step)).logits.sum().backward()
+            nudge(method, g)
+            method.after_optimizer_step(step, 20)
+            model.zero_grad()
+    finally:
+        torch.set_default_dtype(default)
+    assert method.allocator.ema.dtype == torch.float32
+    assert method.budget_history()[-1] == [method.schedule.last_step, 12 * 2]
+
+
+def test_schedule_clock_departure_documented_in_method():
+    """method.py states our events for T = 210 (0.15·T = 31.5, where the released clock runs one step
+    later): 31, 41, …, 104 here."""
+    events = Schedule.build(210, 0.15, 0.5, 10, 12, 3, 2).events()
+    assert events[:2] == [31, 41] and events[-1] == 104
+    assert Schedule.build(200, 0.15, 0.5, 10, 12, 3, 2).events() == list(range(30, 101, 10))

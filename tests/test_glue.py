@@ -1,4 +1,5 @@
-"""GLUE loaders on the real files (official row counts, tsv traps), split specs and metrics."""
+"""GLUE loaders on the real files (data/fixtures; official row counts on the full files), tsv traps,
+split specs and metrics."""
 
 from __future__ import annotations
 
@@ -30,15 +31,28 @@ OFFICIAL = [
 ]
 
 
-@pytest.mark.parametrize(("task", "split", "rows", "labels"), OFFICIAL)
-def test_local_files_have_the_official_row_counts(data_dir, task, split, rows, labels):
-    spec = GLUE[task]
-    cols = read_tsv(str(data_dir / "glue" / spec.folder / f"{split}.tsv"), spec)
-    assert len(cols["labels"]) == rows
-    assert len(cols["text_a"]) == rows and all(isinstance(t, str) for t in cols["text_a"][:50])
-    if labels:
+@pytest.mark.full_data
+def test_full_files_have_the_official_row_counts(full_data_dir):
+    wrong = []
+    for task, split, rows, labels in OFFICIAL:
+        spec = GLUE[task]
+        cols = read_tsv(str(full_data_dir / "glue" / spec.folder / f"{split}.tsv"), spec)
+        assert all(isinstance(t, str) for t in cols["text_a"][:50])
         values, counts = np.unique(cols["labels"], return_counts=True)
-        assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == labels
+        got = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        if len(cols["text_a"]) != rows or len(cols["labels"]) != rows or (labels and got != labels):
+            wrong.append(f"{task}/{split}: {len(cols['labels'])} rows, labels {got if labels else '-'}")
+    assert not wrong, wrong
+
+
+def test_fixture_slices_read_whole(data_dir):
+    """data/fixtures: 300 training and 100 dev rows per task, every label present."""
+    for task, split, rows in [(t, s, 300 if s.startswith("train") else 100) for t, s, *_ in OFFICIAL]:
+        spec = GLUE[task]
+        cols = read_tsv(str(data_dir / "glue" / spec.folder / f"{split}.tsv"), spec)
+        assert len(cols["labels"]) == len(cols["text_a"]) == rows, (task, split)
+        if not spec.regression:
+            assert len(set(cols["labels"])) == len(spec.labels or (0, 1)), (task, split)
 
 
 def test_tsv_traps(data_dir):
@@ -59,7 +73,7 @@ def test_tokenised_splits_and_slices(data_dir):
 
     task = _task("rte", data_dir, train="train::10%", dev="dev:0:50")
     data = task.load(byte_level_tokenizer(), max_length=32)
-    assert len(data.train) == 249 and len(data.evals["dev"]) == 50
+    assert len(data.train) == 30 and len(data.evals["dev"]) == 50  # 10 % of the fixture's 300 rows
     assert max(len(ids) for ids in data.train["input_ids"]) == 32
     assert set(data.train.column_names) >= {"input_ids", "attention_mask", "labels"}
     assert task.headline == "dev/accuracy" and task.num_labels == 2

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from safetensors.torch import load_file
 
 from dora.errors import UserError
 from dora.runner import best_entry
-from tests.helpers import cli_inprocess, compose, run_cli, run_inprocess
+from tests.helpers import REPO, cli_inprocess, compose, run_cli, run_inprocess
 
 RESULT_KEYS = {
     "task",
@@ -65,6 +68,7 @@ def test_result_contract(bitfit_run):
     assert r["metrics"]["dev/accuracy"] == r["history"][-1]["dev/accuracy"]
     assert r["best"]["dev/accuracy"] == max(h["dev/accuracy"] for h in r["history"])
     assert r["timing"]["steps"] == 12 and r["timing"]["samples_per_s"] > 0
+    assert r["timing"]["threads"] == 1  # trainer.threads=null follows OMP_NUM_THREADS (1 in the tests)
     assert r["config"]["trainer"]["max_steps"] == 12 and r["config"]["output_dir"].endswith("run")
     assert set(r["env"]["versions"]) >= {"torch", "transformers"}
     assert (tmp / "run" / "config.yaml").is_file()
@@ -184,6 +188,112 @@ def test_unreachable_hub_is_one_line_with_offline_alternatives(monkeypatch):
     cfg = compose("task=rte", "model=roberta_base")
     with pytest.raises(UserError, match=r"Hub is unreachable.*model=minilm"):
         load_backbone(cfg.model, "seq_cls", 2)
+
+
+def test_threads_explicit_or_from_omp_num_threads_else_at_most_four(monkeypatch, caplog):
+    from dora.runner import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(3) == torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert set_threads(None) == torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads(None) == min(len(os.sched_getaffinity(0)), 4)
+        monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+        caplog.clear()
+        assert set_threads(2) == 2  # a busy machine: advice, not a different number
+        assert "trainer.threads=1 is likely faster" in caplog.text
+        caplog.clear()
+        set_threads(1)
+        assert not caplog.records
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_offline_hint_names_only_models_that_fit_the_task(monkeypatch):
+    from dora import hub
+    from dora.models import load_backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    with pytest.raises(UserError, match=r"Hub is unreachable.*offline alternatives: model=tiny_bart") as e:
+        load_backbone(compose("task=xsum").model, "seq2seq", 0)
+    assert "minilm" not in str(e.value) and "tiny_roberta" not in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["minilm", "tiny_roberta"])
+def test_an_encoder_only_model_is_refused_for_xsum_and_leaves_no_folder(tmp_path, capsys, data_dir, model):
+    out = tmp_path / "new" / "deeper" / "run"
+    code, err = cli_inprocess(
+        capsys,
+        "task=xsum",
+        "method=lora",
+        f"model={model}",
+        f"data_dir={data_dir}",
+        "logger=none",
+        f"output_dir={out}",
+    )
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: model={model} is encoder-only ({'bert' if model == 'minilm' else 'roberta'}); a seq2seq task "
+        "needs an encoder-decoder: model=bart_base, model=bart_large, model=tiny_bart"
+    )
+    assert not (tmp_path / "new").exists()  # the folders the refused run created are gone again
+
+
+def test_a_run_prints_the_bar_one_line_per_evaluation_and_the_result(tmp_path, data_dir):
+    """What a terminal shows (stdout and stderr in one stream): no warnings, no colour codes, and every
+    evaluation line starts on a line of its own instead of being glued onto the progress bar."""
+    out = tmp_path / "OUT"
+    args = ["task=rte", "method=dora", "model=tiny_roberta", f"data_dir={data_dir}", "trainer.max_steps=6",
+            "trainer.eval_every=3", "trainer.batch_size=8", "logger=none", f"output_dir={out}"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    shown = [line.split("\r")[-1] for line in proc.stdout.splitlines()]  # what stays visible per line
+    assert "warn" not in proc.stdout.lower() and "\x1b[" not in proc.stdout, proc.stdout
+    evals = [line for line in shown if "eval epoch" in line]
+    assert len(evals) == 2 and all(line.startswith("[") for line in evals), shown
+    assert "train: 100%" in proc.stdout  # the bar itself is there
+    assert shown[-1].endswith(f"result: dev/accuracy {json.loads((out / 'result.json').read_text())['metrics']['dev/accuracy']:.2f} "
+                              f"(best {json.loads((out / 'result.json').read_text())['best']['dev/accuracy']:.2f}, epoch 1) -> {out / 'result.json'}")  # fmt: skip
+
+
+def test_a_pretrained_load_prints_no_report_and_names_missing_body_weights(tmp_path, capfd, caplog):
+    """transformers' LOAD REPORT (ANSI table listing the new head as MISSING) is gone; weights missing
+    outside the head, a real problem, still get one warning line."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    from dora.config import ModelConfig
+    from dora.models import byte_level_tokenizer, load_backbone
+
+    folder = tmp_path / "bert"
+    config = BertConfig(
+        vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(folder)
+    byte_level_tokenizer().save_pretrained(folder)
+    cfg = ModelConfig(name="local", family="bert", source="hub", path=str(folder))
+    load_backbone(cfg, "seq_cls", 2)
+    assert "LOAD REPORT" not in capfd.readouterr().err and not caplog.records  # only the head is new
+    weights = load_file(folder / "model.safetensors")
+    del weights["encoder.layer.0.output.dense.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    load_backbone(cfg, "seq_cls", 2)
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.err + captured.out and "\x1b[" not in captured.err
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: 1 weights outside the task head are not in the checkpoint (random init): "
+        "bert.encoder.layer.0.output.dense.weight"
+    ]
 
 
 def test_minilm_loads_offline_from_the_pip_package():

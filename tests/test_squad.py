@@ -74,14 +74,29 @@ def test_v2_breakdown():
     }
 
 
-def test_official_dev_file_first_answers_score_100_and_empty_answers_0(data_dir):
-    dataset = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())
+@pytest.mark.full_data
+def test_official_dev_file_first_answers_score_100_and_empty_answers_0(full_data_dir):
+    dataset = json.loads((full_data_dir / "squad" / "dev-v1.1.json").read_text())
     qas = [qa for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
     first = {qa["id"]: qa["answers"][0]["text"] for qa in qas}
     assert score_predictions(dataset, first) == {"exact_match": 100.0, "f1": 100.0}
     empty = score_predictions(dataset, dict.fromkeys(first, ""))
     # 3 of 10570 questions have "." among their gold answers: the official rules give "" an exact match
     assert empty == {"exact_match": pytest.approx(100 * 3 / 10570), "f1": 0.0}
+
+
+@pytest.mark.parametrize(("name", "version"), [("dev-v1.1", 1), ("dev-v2.0.sample-2articles", 2)])
+def test_real_dev_slices_first_answers_score_100(data_dir, name, version):
+    dataset = json.loads((data_dir / "squad" / f"{name}.json").read_text())
+    qas = [qa for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    first = {qa["id"]: (qa["answers"][0]["text"] if qa["answers"] else "") for qa in qas}
+    right = harness_names(score_predictions(dataset, first, version))
+    assert (right["exact_match"], right["f1"]) == (100.0, 100.0)
+    # "" is right exactly for the unanswerable questions (v2); no gold answer here normalises to ""
+    empty = harness_names(score_predictions(dataset, dict.fromkeys(first, ""), version))
+    unanswerable = sum(not qa["answers"] for qa in qas)
+    assert empty["exact_match"] == pytest.approx(100 * unanswerable / len(qas)) == empty["f1"]
+    assert (unanswerable > 0) == (version == 2)
 
 
 def _v2_files(tmp_path):
@@ -292,7 +307,7 @@ def test_every_method_runs_squad(tmp_path, squad_dir, task, method):
     assert "same_source" not in result["data"] and "fallback" not in result["data"]
 
 
-def test_paper_window_protocol_on_shared_data(tmp_path, data_dir):
+def test_paper_window_protocol_on_real_data(tmp_path, data_dir):
     overrides = ("task.splits.train=dev-v1.1:0:8", "task.splits.dev=dev-v1.1:8:12", "task.protocol=window")
     result = run_inprocess(
         tmp_path,

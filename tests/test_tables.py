@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ import make_tables  # noqa: E402
 
 # the paper's grids (mini_* is the MiniLM mini-reproduction, tests/test_mini.py; _* are shared parts)
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("[!_]*.yaml"))
-EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith("mini_")]
+EXPERIMENTS = [
+    e for e in EXPERIMENTS if not e.startswith(("mini_", "study", "tune"))
+]  # CPU studies: own tests
 DORA_LAYERS = ("attention.self.query", "attention.self.key", "attention.self.value")
 DORA_LAYERS += ("attention.output.dense", "intermediate.dense", "output.dense")
 
@@ -183,7 +186,16 @@ def test_every_experiment_composes_and_declares_only_its_sweep(experiment):
 
 @pytest.mark.parametrize(
     ("target", "count"),
-    [("table2", 480), ("table3", 120), ("table4", 35), ("table5", 30), ("table6", 75), ("fig2", 20)],
+    [
+        ("table2", 480),
+        ("table3", 120),
+        ("table4", 35),
+        ("table5", 30),
+        ("table6", 75),
+        ("fig2", 20),
+        ("study1", 8),
+        ("study3", 80),
+    ],
 )
 def test_dry_run_counts(target, count, tmp_path):
     assert len(grid.plan(target, tmp_path, [])) == count
@@ -198,6 +210,26 @@ def test_dry_run_skips_finished_runs_and_tables_share_folders(tmp_path, capsys):
     assert grid.main(["table2", "--runs", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "table2: 480 runs, 1 done, 479 to run" in out and str(done) not in out
+
+
+def test_costs_are_gpu_hours_for_paper_grids_and_cpu_run_hours_for_the_cpu_grid(tmp_path, capsys):
+    assert grid.main(["mini", "--runs", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # calibrated on the measured mini-table: 75 runs in 4.24 run-hours
+    assert "mini: 75 runs, 0 done, 75 to run; about 4.2 CPU run-hours" in out and "GPU" not in out
+    assert grid.main(["table2", "--runs", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-hours (rough: A100-class GPU" in out and "CPU" not in out
+    devices = [grid.device_of(t) for t in ("study1", "study3", "mini_dora", "sweep-dem")]
+    assert devices == ["cpu", "cpu", "cpu", "gpu"]
+
+
+def test_parallel_grid_runs_share_the_cpu_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert grid.job_env({}, 2, 1)["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    assert grid.job_env({}, 64, 1)["OMP_NUM_THREADS"] == "1"
+    assert grid.job_env({"OMP_NUM_THREADS": "3"}, 2, 1)["OMP_NUM_THREADS"] == "3"  # the caller's wins
+    assert "OMP_NUM_THREADS" not in grid.job_env({}, 1, 1)  # one run at a time: trainer.threads decides
 
 
 def test_command_line_overrides_replace_the_configs_sweep(tmp_path):

@@ -102,7 +102,7 @@ def test_every_method_runs_xsum(tmp_path, xsum_dir, method):
     assert result["headline"] == "dev/rougeL" and "fallback" not in result["data"]
 
 
-def test_split_override_and_predict_limit_on_shared_data(tmp_path, data_dir):
+def test_split_override_and_predict_limit_on_real_data(tmp_path, data_dir):
     overrides = (
         "task.splits.train=test_sample1000:0:8",
         "task.splits.dev=test_sample1000:8:20",

@@ -65,6 +65,11 @@ class Method:
         """Evaluations at or after this optimizer step are eligible for the best-epoch protocol."""
         return 0
 
+    def diagnostics(self, model: nn.Module) -> dict[str, float]:
+        """Scalars on how far training moved the method's own weights (logged at every evaluation and
+        written to result.json), e.g. DynDoRA's cosine of B_i to its initial value."""
+        return {}
+
     # optional: rank_pattern(model) -> dict, budget_history() -> list, export(model, dir), merge(model)
 
     # -- helpers for subclasses ---------------------------------------------------------------

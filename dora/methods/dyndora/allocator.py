@@ -75,7 +75,8 @@ class RankAllocator:
             by_shape[tuple(layer.lora_A.shape) + tuple(layer.lora_B.shape)].append(i)
         self.groups = [(torch.tensor(idx), [layers[i] for i in idx]) for idx in by_shape.values()]
         shape = (len(layers), schedule.r_init)
-        self.ema = torch.zeros(shape)  # s̃, (L, r')
+        # s̃, (L, r'): fp32 like the scores (and c), whatever torch's default dtype is
+        self.ema = torch.zeros(shape, dtype=torch.float32)
         self.final_keep: torch.Tensor | None = None  # (L, r') bool, set at the last event
         self.history: list[tuple[int, torch.Tensor | int]] = []  # (step, active components) per event
         self.target = schedule.n_components  # N − k of the latest event

@@ -77,12 +77,13 @@ _BART_KINDS = {"q_proj": "Wq", "k_proj": "Wk", "v_proj": "Wv", "out_proj": "Wo"}
 
 
 def cell(name: str) -> tuple[str, str]:
-    """(row, column) of a module in the heatmap: row = matrix type, column = layer.
-    BART: decoder self- and cross-attention are separate rows; columns enc0.., dec0.."""
+    """(row, column) of a module in the heatmap: row = matrix type, column = layer, numbered from 1 as
+    in the paper's Figure 2 (and scripts/figures.py). BART: decoder self- and cross-attention are
+    separate rows; columns enc1.., dec1.."""
     m = re.search(r"(encoder|decoder)\.layers\.(\d+)\.(.+)$", name)
     if m:
         stack, layer, rest = m.groups()
-        column = f"{stack[:3]}{layer}"
+        column = f"{stack[:3]}{int(layer) + 1}"
         if rest in ("fc1", "fc2"):
             return "W" + rest[:1] + rest[2:], column  # Wf1 / Wf2
         attn, proj = rest.split(".")
@@ -90,7 +91,7 @@ def cell(name: str) -> tuple[str, str]:
     m = re.search(r"layer\.(\d+)\.(.+)$", name)
     if not m:
         raise ValueError(f"cannot place module {name!r} in the rank heatmap")
-    return _ENCODER_ROWS[m.group(2)], m.group(1)
+    return _ENCODER_ROWS[m.group(2)], str(int(m.group(1)) + 1)
 
 
 def rank_grid(pattern: dict[str, int]) -> tuple[list[str], list[str], list[list[float]]]:
