@@ -264,7 +264,7 @@ CASES = {
     "num_workers -1": (["method=bitfit", "trainer.num_workers=-1"], "trainer.num_workers=-1 is out of range"),
     "lr inf": (["method=bitfit", "trainer.lr=inf"], "trainer.lr=inf is out of range"),
     "max_length 100000": (["method=bitfit", "trainer.max_length=100000"],
-                          "trainer.max_length=100000 is out of range for this model; valid: 32..518"),
+                          "trainer.max_length=100000 is out of range for this model; valid: 16..518"),
     "max_length 5": (["method=bitfit", "trainer.max_length=5"], "trainer.max_length=5 is out of range for this model"),
     "max_length 3": (["method=bitfit", "trainer.max_length=3"], "trainer.max_length=3 is out of range for this model"),
     "init_ratio 100": (["method=dora", "method.init_ratio=100"],
