@@ -259,10 +259,26 @@ def newest_valid(root: Path, process_index: int = 0) -> tuple[Path | None, list[
     return None, damaged
 
 
+TRASH = ".trash-"  # a checkpoint being deleted: renamed first, so a kill mid-delete leaves no half folder
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder of this harness: rename it to ``.trash-*`` (atomic), then remove it.
+    A kill during the removal leaves a ``.trash-*`` folder, which is ours and removed later, never a
+    ``step-*`` folder that has lost its index and no longer looks like ours."""
+    trash = folder if folder.name.startswith(TRASH) else folder.with_name(TRASH + folder.name)
+    if trash != folder:
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def set_aside(folder: Path) -> Path:
     """Rename a damaged checkpoint out of the way (kept for inspection; removed when the run completes)."""
     target = folder.with_name(DAMAGED + folder.name)
-    shutil.rmtree(target, ignore_errors=True)
+    if target.exists():
+        discard(target)
     os.replace(folder, target)
     return target
 
@@ -272,7 +288,7 @@ def ours(entry: Path) -> bool:
     name = entry.name
     if not entry.is_dir() or entry.is_symlink():
         return False
-    if name.startswith((".tmp-" + PREFIX, DAMAGED + PREFIX)):
+    if name.startswith((".tmp-" + PREFIX, DAMAGED + PREFIX, TRASH)):
         return True
     is_step = name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
     return is_step and ((entry / INDEX).is_file() or _legacy(entry))
@@ -284,7 +300,7 @@ def clean(root: Path) -> None:
         return
     for entry in root.iterdir():
         if ours(entry):
-            shutil.rmtree(entry, ignore_errors=True)
+            discard(entry)
     with contextlib.suppress(OSError):
         root.rmdir()  # only when empty: other files in it are not the run's to delete
 
@@ -304,10 +320,10 @@ def publish(tmp: Path, keep: int) -> Path:
     if final.exists():
         if not ours(final):
             raise UserError(f"{final} exists and was not written by this harness; move it away")
-        shutil.rmtree(final)  # only ever a stale copy of the same step
+        discard(final)  # only ever a stale copy of the same step
     os.replace(tmp, final)
     for old in complete(final.parent)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
     return final
 
 

@@ -201,6 +201,8 @@ def test_checkpoints_left_by_a_kill_right_after_result_json_are_removed_on_the_n
     shutil.copytree(ref, out)
     shutil.copytree(cut / "checkpoints", out / "checkpoints")  # as a SIGKILL after result.json leaves it
     (out / "checkpoints" / "someone-elses.txt").write_text("stays")
+    (out / "checkpoints" / ".trash-step-000002").mkdir()  # a rotation killed mid-delete
+    (out / "checkpoints" / ".trash-step-000002" / "optimizer.json").write_text("{}")
     cfg = compose(*RESUMABLE, f"data_dir={data_dir}", f"output_dir={out}")
     assert runner.run(cfg, out) == json.loads((ref / "result.json").read_text())
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["someone-elses.txt"]
