@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo clean
+.PHONY: help install test test-all test-faults lint format demo clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: install ## run the fast offline test suite (tiny models, data/fixtures; fu
 
 test-all: install ## the test suite including slow tests
 	$(PY) -m pytest -q -m "not gpu and not network" $(PYTEST_ARGS)
+
+test-faults: install ## fault injection: SIGKILLs, damaged checkpoints, a full disk (tmpfs), racing starts (~10 min)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -s -m faults tests/test_faults.py $(PYTEST_ARGS)
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check .

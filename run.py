@@ -20,8 +20,9 @@ def main(cfg) -> None:
 
 if __name__ == "__main__":
     check_or_exit(sys.argv[1:])  # no torch yet: a typo answers in about a second
-    from dora.cli import preflight, process_overrides  # imports torch, transformers, peft
+    from dora.cli import preflight, process_overrides, report_sweep  # imports torch, transformers, peft
 
     preflight(sys.argv[1:])  # the whole config, every plug-in's schema included
     sys.argv += process_overrides()  # multi-process launches: rank 0 alone writes logs and results
     main()
+    report_sweep()  # a sweep whose jobs were refused ends with one line naming them, exit 2

@@ -8,17 +8,25 @@ A checkpoint is one folder ``<output_dir>/checkpoints/step-<NNNNNN>/``::
     optimizer.json               the rest of the optimizer state_dict (param groups), with an index
     scheduler.json               the LR scheduler state_dict
     rng-rank<R>.json             RNG states of process R (python, numpy, torch CPU and CUDA)
-    state.json                   progress, history, loss sums, resolved config; written last
+    state.json                   progress, history, loss sums, resolved config
+    index.json                   size and sha256 of every file above; written last
 
 It is written into ``.tmp-step-<NNNNNN>`` and renamed into place, so a folder named ``step-*`` is always
 complete: a run killed while writing leaves only a temporary folder, which the next save removes.
+A checkpoint damaged afterwards (truncated, emptied, a flipped byte, a missing file) fails its index on
+resume: it is set aside as ``.damaged-step-<NNNNNN>`` and the run resumes from the newest one that
+verifies. Only folders this harness wrote (a ``step-*`` folder with an index, ``.tmp-*``, ``.damaged-*``)
+are ever deleted: a ``checkpoints/`` folder that held other files keeps them.
 Data order needs no state beyond (epoch, batches consumed): ``EpochShuffle`` is a pure function of the
 seed and the epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -35,6 +43,9 @@ from dora.rundir import refuse_other_config
 
 FORMAT = 1  # bump when the layout changes; older checkpoints are then refused, not misread
 PREFIX = "step-"
+INDEX = "index.json"  # sizes and checksums of the checkpoint's files; its presence marks it complete
+DAMAGED = ".damaged-"  # a checkpoint that failed verification, kept aside for inspection
+log = logging.getLogger(__name__)
 
 
 class EpochShuffle(Sampler[int]):
@@ -166,20 +177,132 @@ def set_rng_state(state: dict) -> None:
 
 # -- checkpoint folders ------------------------------------------------------------------------------
 def step_of(folder: Path) -> int:
-    return int(folder.name[len(PREFIX) :])
+    return int(folder.name.rsplit(PREFIX, 1)[1])
 
 
 def complete(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (a ``step-*`` folder with its state.json)."""
+    """Complete checkpoints under ``root``, oldest first: a ``step-*`` folder with its index, or with
+    the state.json that marked completion before indexes existed (legacy)."""
     if not root.is_dir():
         return []
     found = [p for p in root.glob(PREFIX + "*") if p.name[len(PREFIX) :].isdigit()]
-    return sorted((p for p in found if (p / "state.json").is_file()), key=step_of)
+    return sorted((p for p in found if (p / INDEX).is_file() or _legacy(p)), key=step_of)
+
+
+def _legacy(folder: Path) -> bool:
+    """A checkpoint written before index.json existed: state.json of this harness's format, no index."""
+    if (folder / INDEX).exists() or not (folder / "state.json").is_file():
+        return False
+    try:
+        return read_json(folder / "state.json").get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def latest(root: Path) -> Path | None:
     found = complete(root)
     return found[-1] if found else None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_index(folder: Path) -> None:
+    """index.json: the size and sha256 of every file in ``folder`` (fsynced first)."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256(f)}
+    write_json(folder / INDEX, {"format": FORMAT, "files": files})
+
+
+def verify(folder: Path, process_index: int = 0) -> str | None:
+    """None if every file of the checkpoint matches its index, else what is wrong (one phrase). A legacy
+    checkpoint (no index) passes when its files are all there and not empty."""
+    if _legacy(folder):
+        needed = ("trainable.safetensors", "method_state.safetensors", "optimizer.safetensors",
+                  "optimizer.json", "scheduler.json", f"rng-rank{process_index}.json")  # fmt: skip
+        empty = [n for n in needed if not (folder / n).is_file() or (folder / n).stat().st_size == 0]
+        return f"{empty[0]} missing or empty" if empty else None
+    try:
+        files = read_json(folder / INDEX)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{INDEX} unreadable ({type(e).__name__})"
+    for name in ("state.json", "trainable.safetensors", f"rng-rank{process_index}.json"):
+        if name not in files:
+            return f"{name} missing from its index"
+    for name, meta in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, its index says {meta['bytes']}"
+        if sha256(path) != meta["sha256"]:
+            return f"{name} fails its checksum"
+    return None
+
+
+def newest_valid(root: Path, process_index: int = 0) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies, and the newer ones that did not (with the reason)."""
+    damaged = []
+    for folder in reversed(complete(root)):
+        problem = verify(folder, process_index)
+        if problem is None:
+            return folder, damaged
+        damaged.append((folder, problem))
+    return None, damaged
+
+
+TRASH = ".trash-"  # a checkpoint being deleted: renamed first, so a kill mid-delete leaves no half folder
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder of this harness: rename it to ``.trash-*`` (atomic), then remove it.
+    A kill during the removal leaves a ``.trash-*`` folder, which is ours and removed later, never a
+    ``step-*`` folder that has lost its index and no longer looks like ours."""
+    trash = folder if folder.name.startswith(TRASH) else folder.with_name(TRASH + folder.name)
+    if trash != folder:
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint out of the way (kept for inspection; removed when the run completes)."""
+    target = folder.with_name(DAMAGED + folder.name)
+    if target.exists():
+        discard(target)
+    os.replace(folder, target)
+    return target
+
+
+def ours(entry: Path) -> bool:
+    """A folder under checkpoints/ that this harness wrote: never anything else is deleted."""
+    name = entry.name
+    if not entry.is_dir() or entry.is_symlink():
+        return False
+    if name.startswith((".tmp-" + PREFIX, DAMAGED + PREFIX, TRASH)):
+        return True
+    is_step = name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
+    return is_step and ((entry / INDEX).is_file() or _legacy(entry))
+
+
+def clean(root: Path) -> None:
+    """Remove this harness's checkpoints from ``root``, then ``root`` itself if that leaves it empty."""
+    if not root.is_dir() or root.is_symlink():
+        return
+    for entry in root.iterdir():
+        if ours(entry):
+            discard(entry)
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only when empty: other files in it are not the run's to delete
 
 
 def temp_folder(root: Path, step: int) -> Path:
@@ -191,15 +314,16 @@ def temp_folder(root: Path, step: int) -> Path:
 
 
 def publish(tmp: Path, keep: int) -> Path:
-    """fsync the files, rename the folder into place, drop all but the newest ``keep`` checkpoints."""
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    """Index the files, rename the folder into place, drop all but the newest ``keep`` checkpoints."""
+    write_index(tmp)  # last: a folder with an index is complete
     final = tmp.with_name(tmp.name[len(".tmp-") :])
-    shutil.rmtree(final, ignore_errors=True)  # only ever a stale copy of the same step
+    if final.exists():
+        if not ours(final):
+            raise UserError(f"{final} exists and was not written by this harness; move it away")
+        discard(final)  # only ever a stale copy of the same step
     os.replace(tmp, final)
     for old in complete(final.parent)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
     return final
 
 
@@ -225,8 +349,8 @@ def save(run, state: dict, root: Path, keep: int) -> Path:
         write_json(tmp / "scheduler.json", run.scheduler.state_dict())
     acc.wait_for_everyone()
     if acc.is_main_process:
-        write_json(tmp / "state.json", {"format": FORMAT, **state})  # last: marks the folder complete
-        publish(tmp, keep)
+        write_json(tmp / "state.json", {"format": FORMAT, **state})
+        publish(tmp, keep)  # writes the index last: marks the folder complete
     acc.wait_for_everyone()
     return final
 

@@ -6,7 +6,10 @@ command line once before Hydra does and turns any problem into ``error: <what> ;
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
+import math
 import os
 import re
 import shutil
@@ -21,11 +24,13 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from dora import rundir
 from dora.argcheck import group_options
-from dora.config import CONFIG_DIR, GROUPS, register_configs
+from dora.config import CONFIG_DIR, GROUPS, register_configs, validate
 from dora.errors import UserError, choices, one_line
 from dora.rundir import check_output_dir
 
+RUN_GROUPS = ("model", "task", "method", "budget", "trainer", "logger")  # the groups a run reads
 log = logging.getLogger(__name__)
 
 
@@ -82,18 +87,56 @@ def preflight(argv: list[str]) -> None:
                     fail(f"unknown {key} {v!r}; valid: {choices(group_options(key))}")
         if o.type != OverrideType.DEL and values:
             first.append(f"{_prefix(o.type)}{key}={values[0]}")
-    try:
-        cfg = compose_config(first)
-        OmegaConf.to_container(
-            cfg, resolve=True
-        )  # a bad ${pick:...} or ${oc.env:...} fails here, not mid-run
-    except (HydraException, OmegaConfBaseException) as e:
-        fail(explain(e, first))
+    cfg = checked_config(first)
     global _NEW_PARENT
     _NEW_PARENT = None
-    if not multirun(argv):
+    if multirun(argv):
+        check_sweep(overrides, first)
+    else:
+        # before check_single_run: claiming the folder creates its parents
+        _NEW_PARENT = _first_missing(Path(cfg.output_dir or ".").absolute().parent)
         check_single_run(cfg, explicit_output=any(o.key_or_group == "output_dir" for o in overrides))
-        _NEW_PARENT = _first_missing(Path(cfg.output_dir).absolute().parent)
+
+
+def checked_config(overrides: list[str], label: str = "") -> DictConfig:
+    """Compose, resolve and validate one combination (the dataclasses' ``__post_init__``), or fail."""
+    try:
+        cfg = compose_config(overrides)
+        OmegaConf.to_container(cfg, resolve=True)  # a bad ${pick:...} or ${oc.env:...} fails here
+        validate(cfg, RUN_GROUPS)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(label + explain(e, overrides))
+    except UserError as e:
+        fail(label + str(e))
+    return cfg
+
+
+SWEEP_PRODUCT_LIMIT = (
+    16  # combinations composed one by one before the first job (~0.1 s each); beyond, each value
+)
+
+
+def check_sweep(overrides, first: list[str]) -> None:
+    """Validate a sweep before its first job: every combination when there are few, else every swept
+    value on top of the first combination. A bad value later in the grid then stops nothing midway."""
+    swept = [(i, o) for i, o in enumerate(overrides) if o.is_sweep_override() and len(_values(o)) > 1]
+    if not swept:
+        return
+    keys = [f"{_prefix(overrides[i].type)}{overrides[i].key_or_group}" for i, _ in swept]
+    values = [_values(o) for _, o in swept]
+    if math.prod(len(v) for v in values) <= SWEEP_PRODUCT_LIMIT:
+        combos = list(itertools.product(*values))
+    else:
+        combos = [tuple(vs[0] for vs in values)]
+        combos += [
+            tuple(v if j == k else vs[0] for j, vs in enumerate(values))
+            for k in range(len(values))
+            for v in values[k][1:]
+        ]
+    base = [f for f in first if f.split("=", 1)[0] not in keys]
+    for combo in combos[1:]:  # the first combination is checked already
+        chosen = [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+        checked_config(base + chosen, label=f"sweep combination {' '.join(chosen)}: nothing was run: ")
 
 
 def multirun(argv: list[str]) -> bool:
@@ -109,8 +152,29 @@ def check_single_run(cfg: DictConfig, explicit_output: bool) -> None:
         )
     try:
         check_output_dir(cfg.output_dir)
+        if explicit_output and int(os.environ.get("RANK", "0")) == 0:
+            # lock first, then look: a refused process writes nothing (Hydra's .hydra/ and run.log
+            # come after this), and what the folder holds is judged under the lock
+            rundir.claim(cfg.output_dir)
+            check_folder(Path(cfg.output_dir or "."), OmegaConf.to_container(cfg, resolve=True))
     except UserError as e:
+        if cfg.output_dir is not None:
+            rundir.release(cfg.output_dir)
         fail(str(e))
+
+
+def check_folder(out_dir: Path, config: dict) -> None:
+    """Refuse, before Hydra overwrites its .hydra/ files, a folder holding another configuration's run."""
+    from dora import checkpoint
+
+    rundir.completed(out_dir, config)
+    newest = checkpoint.latest(out_dir / "checkpoints")
+    if newest is not None:
+        try:
+            old = checkpoint.read_json(newest / "state.json")["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # damaged: the run's resume verifies it and falls back
+        rundir.refuse_other_config(out_dir, f"checkpoint {newest.name}", old, config)
 
 
 def process_overrides() -> list[str]:
@@ -154,18 +218,27 @@ def _siblings(key: str, overrides: list[str]) -> list[str]:
 
 
 def run_job(cfg: DictConfig, out_dir: str) -> None:
-    """Hydra task body: run, and on bad input print one line, remove what the run created, exit 2."""
+    """Hydra task body: run; on bad input print one line, remove the folder if this process created it,
+    exit 2. In a sweep a refused job prints its line and the sweep goes on (listed at the end)."""
     from dora.runner import run
 
-    # a folder some run has used (its lock file or result is there) is never removed: it may be a
-    # concurrent run's, or hold checkpoints to resume
-    fresh = not any(Path(out_dir, name).exists() for name in (".lock", "result.json"))
+    claim = rundir.claimed(out_dir)
     try:
         result = run(cfg, out_dir)
     except UserError as e:
-        if fresh:
+        if claim is not None and claim.created:  # only what this very process made, never a used folder
             _remove_partial(Path(out_dir))
-        fail(str(e))
+        _refused(str(e), out_dir)
+        return
+    except KeyboardInterrupt:
+        fail(f"interrupted; re-run the same command with output_dir={out_dir} to resume", code=130)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        fail(f"cannot write to {e.filename or out_dir}: {e.strerror}; free space and re-run the same "
+             f"command with output_dir={out_dir} to resume")  # fmt: skip
+    finally:
+        rundir.release(out_dir)
     if result:  # rank 0: the run's last terminal line
         log.info("result: %s -> %s", summary(result), Path(out_dir) / "result.json")
 
@@ -176,9 +249,35 @@ def summary(result: dict) -> str:
     return f"{key} {result['metrics'][key]:.2f} (best {result['best'][key]:.2f}, epoch {result['best']['epoch']})"
 
 
+SWEEP_FAILURES: list[str] = []  # this process's refused sweep jobs, listed when the sweep ends
+
+
+def _refused(message: str, out_dir: str) -> None:
+    if not _in_sweep():
+        fail(message)
+    print(f"error: {one_line(message)} (sweep job {out_dir}; the sweep goes on)", file=sys.stderr)
+    SWEEP_FAILURES.append(f"{out_dir}: {one_line(message)}")
+
+
+def _in_sweep() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not inside a Hydra job (tests call run_job directly)
+        return False
+
+
+def report_sweep() -> None:
+    """After a sweep: one line listing the refused jobs, exit 2; nothing when all ran."""
+    if SWEEP_FAILURES:
+        fail(f"{len(SWEEP_FAILURES)} sweep job(s) refused: " + "; ".join(SWEEP_FAILURES))
+
+
 def _remove_partial(out_dir: Path) -> None:
-    """Remove a run folder holding only Hydra's bookkeeping: a refused run leaves nothing behind."""
-    ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb", ".lock"}
+    """Remove a run folder this process created that holds only Hydra's bookkeeping and the lock."""
+    ours = {".hydra", "run.log", "config.yaml", "adapter", "wandb", "wandb_run_id", ".lock"}
     if out_dir.is_dir() and all(p.name in ours for p in out_dir.iterdir()):
         shutil.rmtree(out_dir, ignore_errors=True)
     top = _NEW_PARENT

@@ -7,6 +7,7 @@ value of the wrong type fails at composition. Methods and tasks register their o
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +65,8 @@ class MethodConfig:
     lr: float = 1e-3
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"method.lr={self.lr}; must be > 0")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"method.lr={self.lr}; must be > 0 and finite")
 
 
 @dataclass
@@ -120,17 +121,18 @@ class TrainerConfig:
             "batch_size": self.batch_size > 0,
             "eval_batch_size": self.eval_batch_size > 0,
             "grad_accum": self.grad_accum > 0,
-            "weight_decay": self.weight_decay >= 0,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_grad_norm": self.max_grad_norm > 0,
             "eval_every": self.eval_every >= 0,
             "log_every": self.log_every > 0,
-            "lr": self.lr is None or self.lr > 0,
+            "lr": self.lr is None or 0 < self.lr < math.inf,
             "max_length": self.max_length is None or self.max_length > 0,
             "max_steps": self.max_steps == -1 or self.max_steps > 0,
             "threads": self.threads is None or self.threads > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "keep_checkpoints": self.keep_checkpoints >= 1,
+            "num_workers": self.num_workers >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -154,6 +156,20 @@ class LoggerConfig:
             raise ValueError(f"logger.kind={self.kind!r}; valid: none, wandb")
         if self.mode not in ("auto", "online", "offline"):
             raise ValueError(f"logger.mode={self.mode!r}; valid: auto, offline, online")
+
+
+def validate(cfg, groups) -> dict:
+    """The seed checked and each group config as its dataclass (``__post_init__`` rejects impossible
+    values), or a UserError of one line. Light enough for the CLI's preflight."""
+    from dora.errors import UserError, one_line
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
+    try:
+        return {g: OmegaConf.to_object(cfg[g]) for g in groups}
+    except (ValueError, TypeError) as e:
+        raise UserError(one_line(e)) from e
 
 
 _REGISTERED = False

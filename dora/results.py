@@ -17,11 +17,20 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenize
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file (a full
+    disk leaves the old file or none, never an empty one). Mode 0666 less the umask, as open() would
+    give (mkstemp's own 0600 would hide results from the group)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -34,7 +43,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_result(out_dir: str | os.PathLike, result: dict) -> Path:
     path = Path(out_dir) / "result.json"
-    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=False) + "\n")
+    # strict JSON: a NaN or inf here is a bug upstream (metrics and labels are checked), never a value
+    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
 
 

@@ -32,8 +32,17 @@ NEUTRAL = (
 )
 
 
+VIRTUAL = ("/proc", "/sys")  # kernel filesystems: never a run folder
+
+
 def check_output_dir(path: str | os.PathLike) -> None:
     """Refuse, without creating anything, an output_dir that cannot be created or written."""
+    full = Path(os.path.abspath(path or "."))
+    for virtual in VIRTUAL:
+        if full == Path(virtual) or Path(virtual) in full.parents:
+            raise UserError(
+                f"output_dir={path} is under {virtual}, a kernel filesystem; choose a folder on disk"
+            )
     existing = Path(path).absolute()
     while not existing.exists():
         existing = existing.parent
@@ -56,32 +65,79 @@ def ensure_writable(out_dir: Path) -> None:
         ) from e
 
 
+class Claim:
+    """This process's exclusive lock on a run folder, and whether this process created the folder."""
+
+    def __init__(self, out_dir: Path, handle, created: bool):
+        self.out_dir, self.handle, self.created = out_dir, handle, created
+
+    def release(self) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+_CLAIMS: dict[str, Claim] = {}  # claims taken ahead of the run (``claim``), by absolute folder
+
+
+def _key(out_dir) -> str:
+    return os.path.abspath(out_dir)
+
+
+def _lock(out_dir: Path):
+    """The folder's ``.lock``, locked; or one line naming the holder. Reads nothing else, writes nothing
+    until the lock is ours: a refused process leaves the folder exactly as it found it."""
+    path = out_dir / ".lock"
+    f = open(path, "a+")  # noqa: SIM115  (stays open: the open file holds the lock)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"output_dir={out_dir} is in use by {holder}; choose another output_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def claim(out_dir: str | os.PathLike) -> Claim:
+    """Create ``out_dir`` if needed and lock it, before anything else is written there (Hydra's .hydra/
+    and run.log included). Held until ``release`` (or the process ends); ``exclusive`` then reuses it."""
+    out_dir = Path(out_dir or ".")
+    created = not out_dir.exists()
+    ensure_writable(out_dir)
+    c = Claim(out_dir, _lock(out_dir), created)
+    _CLAIMS[_key(out_dir)] = c
+    return c
+
+
+def claimed(out_dir) -> Claim | None:
+    return _CLAIMS.get(_key(out_dir))
+
+
+def release(out_dir) -> None:
+    c = _CLAIMS.pop(_key(out_dir), None)
+    if c is not None:
+        c.release()
+
+
 @contextmanager
 def exclusive(out_dir: Path, enabled: bool = True):
     """Hold an exclusive lock on the run folder: a second process on the same folder (a clashing sweep
     job, a duplicate submission) is refused instead of interleaving writes. The kernel drops the lock
-    when the process dies, so a SIGKILLed run never blocks its own resume."""
-    if not enabled:
+    when the process dies, so a SIGKILLed run never blocks its own resume. A folder ``claim``ed ahead of
+    the run (run.py does so before Hydra writes) is already locked by this process."""
+    if not enabled or claimed(out_dir) is not None:
         yield
         return
-    path = out_dir / ".lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise UserError(
-                f"output_dir={out_dir} is in use by {holder}; choose another output_dir"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    f = _lock(out_dir)
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def flatten(tree, prefix: str = "") -> dict:
@@ -118,20 +174,32 @@ def completed(out_dir: Path, config: dict) -> dict | None:
     path = out_dir / "result.json"
     if not path.is_file():
         return None
-    result = json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(
+            f"output_dir={out_dir} holds an unreadable result.json ({type(e).__name__}: {one_line(e)}); "
+            "this harness never writes one half-way: move it away to run again"
+        ) from None
+    if not isinstance(result, dict):
+        raise UserError(f"output_dir={out_dir} holds a result.json that is not a run's result; move it away")
     refuse_other_config(out_dir, "a completed run", result.get("config", {}), config)
     return result
 
 
 def write_failure(out_dir: Path, error: BaseException, step: int, checkpoint: Path | None, run: dict) -> Path:
-    """``failure.json``: what the aggregator lists as a failed run (and never counts)."""
+    """``failure.json``: what the aggregator lists as a failed run (and never counts). Ctrl-C (or a
+    SIGINT from a scheduler) is recorded as ``interrupted``, without a traceback."""
+    interrupted = isinstance(error, KeyboardInterrupt)
     record = {
-        "status": "failed",
-        "error": f"{type(error).__name__}: {one_line(error)}",
+        "status": "interrupted" if interrupted else "failed",
+        "error": "KeyboardInterrupt: interrupted"
+        if interrupted
+        else f"{type(error).__name__}: {one_line(error)}",
         "step": step,
         "last_checkpoint": str(checkpoint) if checkpoint else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "traceback": traceback.format_exception(error)[-6:],
+        "traceback": [] if interrupted else traceback.format_exception(error)[-6:],
         **run,
     }
     path = out_dir / "failure.json"

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,10 +34,11 @@ from transformers import get_linear_schedule_with_warmup
 
 from dora import checkpoint, rundir
 from dora.checkpoint import EpochShuffle
-from dora.errors import UserError, one_line
+from dora.config import validate
+from dora.errors import UserError
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
-from dora.results import environment, peak_memory_mb, save_tensors, write_result
+from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
 from dora.tracking import make_tracker
 from tasks import Task, build_task
 
@@ -129,10 +129,7 @@ class Run:
 
 def validated(cfg: DictConfig) -> dict:
     """Group configs as dataclass objects; their ``__post_init__`` rejects impossible values."""
-    try:
-        return {g: OmegaConf.to_object(cfg[g]) for g in GROUPS}
-    except (ValueError, TypeError) as e:
-        raise UserError(one_line(e)) from e
+    return validate(cfg, GROUPS)
 
 
 def mixed_precision(choice: str, cpu: bool) -> str:
@@ -202,9 +199,13 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     fp32_matmuls()
     set_seed(cfg.seed)
     backbone = load_backbone(c["model"], task.head, task.num_labels)
-    data = task.load(backbone.tokenizer, trainer.max_length or c["task"].max_length)
-    if len(data.train) == 0:
-        raise UserError(f"task={c['task'].name}: the training split {c['task'].splits['train']!r} is empty")
+    max_length = trainer.max_length or c["task"].max_length
+    check_max_length(max_length, backbone, "trainer.max_length" if trainer.max_length else "task.max_length")
+    data = task.load(backbone.tokenizer, max_length)
+    for name, split in {"train": data.train, **data.evals}.items():
+        if len(split) == 0:
+            what = "training" if name == "train" else f"{name}"
+            raise UserError(f"task={c['task'].name}: the {what} split {c['task'].splits[name]!r} is empty")
     trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
@@ -244,6 +245,21 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
         eval_loaders, total_steps, epochs, tracker, data.notes, LossMeter(accelerator.device), trivial,
     )  # fmt: skip
+
+
+MIN_LENGTH = 16  # tokens; below, truncating sentence pairs costs seconds and GBs per thousand examples (at 8, ~40x the time of 128; at 16, ~7x)
+
+
+def check_max_length(max_length: int, backbone, key: str) -> None:
+    """The sequence length must fit the model's position table and the tokenizer's limit."""
+    limits = [getattr(backbone.model.config, "max_position_embeddings", None)]
+    if backbone.model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limits[0] = limits[0] and limits[0] - 2  # positions start after the padding index (offset 2)
+    limits.append(getattr(backbone.tokenizer, "model_max_length", None))
+    top = min((x for x in limits if isinstance(x, int) and 0 < x < 10**9), default=None)
+    if max_length < MIN_LENGTH or (top is not None and max_length > top):
+        valid = f"{MIN_LENGTH}..{top}" if top else f">= {MIN_LENGTH}"
+        raise UserError(f"{key}={max_length} is out of range for this model; valid: {valid}")
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -342,6 +358,12 @@ def evaluate(run: Run) -> dict:
     metrics: dict[str, float] = {}
     for split, loader in run.eval_loaders.items():
         metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise Diverged(
+            f"evaluation at optimizer step {run.progress.step} gave non-finite {bad} (NaN/inf predictions); "
+            f"last good checkpoint: {run.last_checkpoint or 'none'}"
+        )
     entry = {"epoch": run.progress.epoch, "step": run.progress.step, **metrics}
     diag = diagnostics(run)
     if diag:
@@ -406,8 +428,19 @@ def save_checkpoint(run: Run) -> None:
 
 
 def restore(run: Run) -> None:
-    """Continue from the newest complete checkpoint in the run folder, if any."""
-    folder = checkpoint.latest(run.out_dir / "checkpoints")
+    """Continue from the newest checkpoint in the run folder that verifies against its index, if any;
+    newer damaged ones are set aside, with one line saying so."""
+    acc = run.accelerator
+    folder, damaged = checkpoint.newest_valid(run.out_dir / "checkpoints", acc.process_index)
+    acc.wait_for_everyone()  # every process has verified before any checkpoint moves
+    if damaged and acc.is_main_process:
+        what = "; ".join(f"{bad.name}: {problem}" for bad, problem in damaged)
+        for bad, _ in damaged:
+            checkpoint.set_aside(bad)
+        instead = (
+            f"resuming from {folder.name}" if folder else "no valid checkpoint left, starting from step 0"
+        )
+        log.warning("damaged checkpoint set aside as %s* (%s); %s", checkpoint.DAMAGED, what, instead)
     if folder is None:
         return
     state = checkpoint.restore(run, folder)
@@ -472,7 +505,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     state = run.method.state_dict()
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
-    (run.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(c, resolve=True))
+    atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
     best_from = run.method.best_from_step(run.total_steps)
     best = best_entry(run.history, run.task.headline, best_from)
     metrics = {k: v for k, v in run.history[-1].items() if k not in NOT_METRICS}
@@ -516,10 +549,15 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         | {"best/" + k: v for k, v in result["best"].items()}
     )
     write_result(run.out_dir, result)
-    # complete: the checkpoints have served (adapter/ holds the final weights), a failure is history
-    shutil.rmtree(run.out_dir / "checkpoints", ignore_errors=True)
-    (run.out_dir / "failure.json").unlink(missing_ok=True)
+    tidy_completed(run.out_dir)
     return result
+
+
+def tidy_completed(out_dir: Path) -> None:
+    """A complete run's checkpoints have served (adapter/ holds the final weights) and a failure is
+    history. Only the checkpoints this harness wrote go: other files under checkpoints/ stay."""
+    checkpoint.clean(out_dir / "checkpoints")
+    (out_dir / "failure.json").unlink(missing_ok=True)
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -539,6 +577,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         done = rundir.completed(out_dir, OmegaConf.to_container(cfg, resolve=True))
         if done is not None:
             log.warning("%s/result.json exists: this run is complete, skipping it", out_dir)
+            if is_main_process():
+                tidy_completed(out_dir)  # a run killed right after writing result.json left them
             return done
         t0 = time.perf_counter()
         r = build(cfg, out_dir)

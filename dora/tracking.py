@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import secrets
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from dora.config import LoggerConfig
+
+log = logging.getLogger(__name__)
 
 
 class NullTracker:
@@ -53,10 +58,33 @@ def wandb_run_id(out_dir: str) -> str:
     return run_id
 
 
+def wandb_host() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the wandb server opens within ``timeout`` seconds (wandb itself
+    retries for minutes before it gives up)."""
+    try:
+        socket.create_connection(wandb_host(), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 class WandbTracker:
     def __init__(self, cfg: LoggerConfig, config: dict, out_dir: str, name: str, tags: list[str]):
         import wandb
 
+        mode = wandb_mode(cfg)
+        if mode == "online" and not wandb_reachable():
+            host, port = wandb_host()
+            log.warning(
+                "wandb: %s:%d is unreachable; logging offline to %s/wandb (send it later with `wandb sync`)",
+                host, port, out_dir,
+            )  # fmt: skip
+            mode = "offline"
         self._run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
@@ -64,7 +92,7 @@ class WandbTracker:
             tags=[*cfg.tags, *tags],
             config=config,
             dir=out_dir,
-            mode=wandb_mode(cfg),
+            mode=mode,
             id=wandb_run_id(out_dir),
             resume="allow",  # one wandb run per run folder, across resumes
             settings=wandb.Settings(silent=True, console="off"),

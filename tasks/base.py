@@ -8,6 +8,7 @@ from datasets import Dataset
 from torch import nn
 
 from dora.config import TaskConfig
+from dora.errors import UserError
 from tasks.data import shared_sources
 
 
@@ -45,6 +46,13 @@ class Task:
     def evaluate(self, model: nn.Module, loader, accelerator, split: str) -> dict[str, float]:
         """Metrics of one evaluation split as ``{"<split>/<metric>": value}`` (percentages)."""
         raise NotImplementedError
+
+    def require_rows(self, spec_str: str, n: int) -> None:
+        """An empty split (a header-only file, ``"data": []``, a slice past the end) is bad input."""
+        if n == 0:
+            which = next((c for c, s in self.cfg.splits.items() if s == spec_str), "")
+            what = "training" if which == "train" else which
+            raise UserError(f"task={self.cfg.name}: the {what} split {spec_str!r} is empty")
 
     def trivial_scores(self, evals: dict) -> dict[str, list[float]]:
         """``{"<split>/<metric>": [score of each constant predictor]}`` on each evaluation split, so a

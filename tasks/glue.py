@@ -8,6 +8,8 @@ MRPC starts with a UTF-8 BOM, RTE/QNLI/MNLI labels are strings.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass
 
@@ -89,8 +91,11 @@ GLUE = {
 
 def read_tsv(path: str, spec: GlueSpec) -> dict[str, list]:
     """Columns ``text_a``, (``text_b``), ``labels`` of one GLUE tsv file."""
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
-        rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    rows = [
+        r
+        for r in csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if r
+    ]
     first_data_line = 1
     if spec.header:
         if not rows:
@@ -117,16 +122,38 @@ def read_tsv(path: str, spec: GlueSpec) -> dict[str, list]:
     return out
 
 
+def read_text(path: str) -> str:
+    """The file as text (utf-8; a BOM, as MRPC's, dropped), or one line naming the first bad byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"malformed GLUE file {path}: line {line} is not valid UTF-8 (byte {data[e.start]:#04x} at offset "
+            f"{e.start}); GLUE files are UTF-8 text"
+        ) from None
+
+
 def _label(value: str, spec: GlueSpec, path: str, line: int):
+    """The label as the model takes it: a finite number (regression) or a class id in range."""
+    if spec.regression:
+        valid = "a finite number"
+    else:
+        valid = ", ".join(spec.labels) or " or ".join(str(i) for i in range(2))
     try:
         if spec.regression:
-            return float(value)
-        return spec.labels.index(value) if spec.labels else int(value)
+            label = float(value)
+            if math.isfinite(label):
+                return label
+        elif spec.labels:
+            return spec.labels.index(value)
+        elif int(value) in (0, 1):  # numeric GLUE labels are binary (CoLA, SST-2, MRPC, QQP)
+            return int(value)
     except ValueError:
-        valid = "a number" if spec.regression else (", ".join(spec.labels) or "an integer")
-        raise UserError(
-            f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}"
-        ) from None
+        pass
+    raise UserError(f"malformed GLUE file {path}: line {line} has label {value!r}; expected {valid}")
 
 
 class Glue(Task):
@@ -209,11 +236,14 @@ class Glue(Task):
             key["tokenizer"] = cache.tokenizer_identity(tokenizer)
             if self.data_dir is not None:
                 path = self.local_path(parse_split(spec_str).name)
-                return cache.cached(
+                ds = cache.cached(
                     key | {"source": cache.file_source(path)}, lambda: tokenise(self.raw_split(spec_str))
                 )
-            raw = self.raw_split(spec_str)  # hub: its fingerprint follows the cached files
-            return cache.cached(key | {"source": {"hub": raw._fingerprint}}, lambda: tokenise(raw))
+            else:
+                raw = self.raw_split(spec_str)  # hub: its fingerprint follows the cached files
+                ds = cache.cached(key | {"source": {"hub": raw._fingerprint}}, lambda: tokenise(raw))
+            self.require_rows(spec_str, len(ds))
+            return ds
 
         # evaluated shortest first: GLUE metrics do not depend on the order, and batches pad least
         evals = {name: by_length(prepare(self.cfg.splits[name])) for name in self.eval_splits}

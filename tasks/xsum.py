@@ -77,20 +77,23 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 
 def read_jsonl(path: str) -> dict[str, list[str]]:
-    """Columns ``document``, ``summary`` of an XSum jsonl file."""
+    """Columns ``document``, ``summary`` of an XSum jsonl file (both strings on every line)."""
     out: dict[str, list[str]] = {"document": [], "summary": []}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 row = json.loads(line)
-                out["document"].append(str(row["document"]))
-                out["summary"].append(str(row["summary"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                for key in ("document", "summary"):
+                    if not isinstance(row[key], str):
+                        raise TypeError(f"{key} is {json.dumps(row[key])[:20]}, not a string")
+                    out[key].append(row[key])
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
                 raise UserError(
                     f"malformed XSum file {path}: line {line_no} ({type(e).__name__} {e}); "
-                    'expected one {"document": ..., "summary": ...} object per line'
+                    'expected one {"document": "...", "summary": "..."} object (UTF-8 strings) per line'
                 ) from None
     return out
 
@@ -119,6 +122,7 @@ class Xsum(LocalFileTask):
         if self.data_dir is not None:
             cols = read_jsonl(self.local_files().path(spec.name))
             lo, hi = spec.bounds(len(cols["document"]))
+            self.require_rows(spec_str, hi - lo)
             return {k: v[lo:hi] for k, v in cols.items()}
         ds = self._hub_split(spec.name + spec.slice_suffix())
         return {"document": list(ds["document"]), "summary": list(ds["summary"])}

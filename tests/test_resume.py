@@ -136,7 +136,7 @@ def test_failure_record_and_kept_checkpoints(tmp_path, data_dir, monkeypatch):
     assert failure["last_checkpoint"] == str(kept[-1])
     names = {p.name for p in kept[-1].iterdir()}
     assert names == {"trainable.safetensors", "method_state.safetensors", "optimizer.safetensors",
-                     "optimizer.json", "scheduler.json", "state.json", "rng-rank0.json"}  # fmt: skip
+                     "optimizer.json", "scheduler.json", "state.json", "rng-rank0.json", "index.json"}  # fmt: skip
     state = json.loads((kept[-1] / "state.json").read_text())
     assert (
         state["progress"]["step"] == 12

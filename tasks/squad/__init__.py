@@ -93,7 +93,9 @@ class Squad(LocalFileTask):
         spec = parse_split(spec_str)
         if self.data_dir is not None:
             ex = read_json(self.local_files().path(spec.name))
-            return ex.slice(*spec.bounds(len(ex)))
+            ex = ex.slice(*spec.bounds(len(ex)))
+            self.require_rows(spec_str, len(ex))
+            return ex
         return from_hub(self._hub_split(HUB_SPLITS.get(spec.name, spec.name) + spec.slice_suffix()))
 
     def _hub_split(self, split: str):

@@ -51,7 +51,27 @@ def read_json(path: str) -> Examples:
             f"malformed SQuAD file {path}: {type(e).__name__} {e}; expected the official layout "
             "{data: [{paragraphs: [{context, qas: [{id, question, answers: [{text, answer_start}]}]}]}]}"
         ) from None
+    check_starts(path, ex)
     return ex
+
+
+def check_starts(path: str, ex: Examples) -> None:
+    """Every gold answer must lie inside its context: a start outside it would train on a wrong span.
+    Refused with the count and the first offender."""
+    bad = [
+        (qid, start, len(context))
+        for qid, context, texts, starts in zip(ex.ids, ex.contexts, ex.answers, ex.starts, strict=True)
+        for text, start in zip(texts, starts, strict=True)
+        if not 0 <= start <= len(context) - len(text)
+    ]
+    if bad:
+        qid, start, n = bad[0]
+        total = sum(len(s) for s in ex.starts)
+        raise UserError(
+            f"malformed SQuAD file {path}: {len(bad)} of {total} answers have an answer_start outside their "
+            f"context (first: question {qid!r}, answer_start {start}, context of {n} characters); "
+            "valid: 0 <= answer_start <= len(context) - len(text)"
+        )
 
 
 def from_hub(ds) -> Examples:

@@ -94,6 +94,22 @@ class DynDoRAConfig(MethodConfig):
         return api.DynDoRAConfig(r=r, target_modules=list(targets), modules_to_save=list(heads), **values)
 
 
+def check_sizes(targets, r_init: int, init_ratio: float, total_steps: int) -> None:
+    """r' rank-1 components must fit each matrix (r' <= min(d_in, d_out)), and pruning needs scores from
+    a step before its last event (T >= 2)."""
+    smallest = min(min(m.in_features, m.out_features) for _, m in targets)
+    if r_init > smallest:
+        raise UserError(
+            f"method.init_ratio={init_ratio} gives r'={r_init} components per matrix, more than the smallest "
+            f"adapted matrix allows ({smallest}); valid: r' <= {smallest}"
+        )
+    if total_steps < 2:
+        raise UserError(
+            f"method=dora needs at least 2 optimizer steps (importance scores before the final pruning); "
+            f"this run has T={total_steps}: raise trainer.max_steps or trainer.epochs"
+        )
+
+
 @METHODS.register("dora", config=DynDoRAConfig)
 class DynDoRA(Method):
     """DynDoRA: rank-1 components with gates, pruned globally by importance, plus the DEM loss.
@@ -108,6 +124,7 @@ class DynDoRA(Method):
         targets = adapted_linears(model, info.family)
         if not targets:
             raise UserError(f"method=dora found no target linear layers for model family {info.family!r}")
+        check_sizes(targets, initial_rank(cfg.init_ratio, self.budget.rank), cfg.init_ratio, info.total_steps)
         adapter = cfg.adapter(self.budget.rank, [name for name, _ in targets], info.head_prefixes)
         self.controller = DynDoRAController(model, adapter, targets, info.head_prefixes, info.total_steps)
         # initial A and B (a resumed run rebuilds the same ones from the seed): how far training moved them
