@@ -27,6 +27,7 @@ COLUMNS = [
     "task",
     "method",
     "budget",
+    "lr",
     "seeds",
     "uniform",
     "mean_r",
@@ -83,7 +84,8 @@ def diagnose(runs: list[dict]) -> list[dict]:
         members = sorted(members, key=lambda r: r["seed"])
         x = patterns(members)
         varied = x[x.std(1) > 0]  # a uniform pattern (every matrix the same rank) has no correlation
-        row = {"model": model, "task": task, "method": method, "budget": budget or "",
+        lr = ((members[0].get("config") or {}).get("trainer") or {}).get("lr")
+        row = {"model": model, "task": task, "method": method, "budget": budget or "", "lr": lr,
                "seeds": len(members), "uniform": int(len(x) - len(varied)), "mean_r": None, "p": None}  # fmt: skip
         if len(varied) >= 2:
             row["mean_r"] = mean_pairwise_r(varied)
@@ -107,13 +109,13 @@ def markdown(rows: list[dict]) -> str:
         f"permutation p ({DRAWS:,} shuffles); uniform = seeds whose pattern gives every matrix the same rank. "
         "DynDoRA's factor movement: median cosine of B_i / A_i to their initial values, Σ lr of the run.",
         "",
-        "| model | task | method | budget | seeds | uniform | mean r | p | cos(B, B0) | cos(A, A0) | Σ lr |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | task | method | budget | lr | seeds | uniform | mean r | p | cos(B, B0) | cos(A, A0) | Σ lr |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['task']} | {'DynDoRA' if r['method'] == 'dora' else 'AdaLoRA'} | "
-            f"{r['budget']} | {r['seeds']} | {r['uniform']} | {_f(r['mean_r'])} | {_f(r['p'], 3)} | "
+            f"{r['budget']} | {r['lr'] if r['lr'] is not None else '—'} | {r['seeds']} | {r['uniform']} | {_f(r['mean_r'])} | {_f(r['p'], 3)} | "
             f"{_f(r['b_cos_init'], 3)} | {_f(r['a_cos_init'], 3)} | {_f(r['lr_sum'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -132,21 +134,23 @@ def figure(rows: list[dict], runs: list[dict], out: Path) -> bool:
     if not scored and not moved:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    tasks = sorted({r["task"] for r in scored})
+    cats = sorted({(r["task"], r["lr"] or 0) for r in scored})  # a task, at each learning rate that ran
+    several = {t for t, _ in cats if sum(c[0] == t for c in cats) > 1}
     for k, (method, name, color) in enumerate(
         (("adalora", "AdaLoRA", "tab:blue"), ("dora", "DynDoRA", "tab:red"))
     ):
-        mine = {r["task"]: r for r in scored if r["method"] == method}
-        xs = [i + (k - 0.5) * 0.38 for i, t in enumerate(tasks) if t in mine]
-        ys = [mine[t]["mean_r"] for t in tasks if t in mine]
-        left.bar(xs, ys, width=0.38, color=color, label=name)
-        for x, t in zip(xs, [t for t in tasks if t in mine], strict=True):
-            y = mine[t]["mean_r"]
-            left.text(
-                x, y, f"p={mine[t]['p']:.2g}", ha="center", va="bottom" if y >= 0 else "top", fontsize=6
-            )
+        mine = {(r["task"], r["lr"] or 0): r for r in scored if r["method"] == method}
+        for i, cat in enumerate(cats):
+            if cat in mine:
+                y = mine[cat]["mean_r"]
+                left.bar(
+                    i + (k - 0.5) * 0.38, y, width=0.38, color=color, label=name if cat == min(mine) else None
+                )
+                left.text(i + (k - 0.5) * 0.38, y, f"p={mine[cat]['p']:.2g}", ha="center",
+                          va="bottom" if y >= 0 else "top", fontsize=6)  # fmt: skip
+    labels = [f"{t}\nlr {lr:g}" if t in several else t for t, lr in cats]
     left.axhline(0, color="k", lw=0.8)
-    left.set_xticks(range(len(tasks)), tasks)
+    left.set_xticks(range(len(cats)), labels, fontsize=8)
     left.set_ylabel("mean pairwise r of final ranks")
     left.set_title("Is the allocation reproducible across seeds?", fontsize=9)
     left.legend(fontsize=7)
