@@ -15,6 +15,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    """One thread for every run the tests start, module-scoped fixtures included (they run before the
+    function-scoped monkeypatch below): results must not depend on the caller's OMP_NUM_THREADS."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--data-dir", default=None, help="folder laid out like shared/data (glue/, squad/, xsum/)"
