@@ -72,8 +72,17 @@ class Claim:
         self.out_dir, self.handle, self.created = out_dir, handle, created
 
     def release(self) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        unlock(self.out_dir, self.handle)
+
+
+def unlock(out_dir: Path, handle) -> None:
+    """Release the folder's lock; a finished run (result.json) also loses its ``.lock`` file. Locks are
+    never waited for, and whoever takes one decides only after it holds it, so a process that opened the
+    file just before it goes finds the result and writes nothing."""
+    if (out_dir / "result.json").is_file():
+        (out_dir / ".lock").unlink(missing_ok=True)
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
 
 
 _CLAIMS: dict[str, Claim] = {}  # claims taken ahead of the run (``claim``), by absolute folder
@@ -136,8 +145,7 @@ def exclusive(out_dir: Path, enabled: bool = True):
     try:
         yield
     finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        unlock(out_dir, f)
 
 
 def flatten(tree, prefix: str = "") -> dict:

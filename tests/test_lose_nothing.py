@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -480,3 +481,15 @@ def test_the_lock_is_released_after_an_in_process_run(tmp_path, capsys, data_dir
     assert code == 0 and rundir.claimed(out) is None
     with rundir.exclusive(out):  # raises UserError if the run's lock were still held
         pass
+
+
+def test_a_finished_run_folder_keeps_no_lock_file(tmp_path):
+    """A completed run removes its .lock (issue 17: stale .lock files in finished folders); the same
+    command again still skips it."""
+    args = ["task=sst2", "method=bitfit", "model=tiny_roberta", "logger=none", "trainer.progress=false",
+            f"data_dir={Path(__file__).resolve().parent.parent / 'data' / 'fixtures'}", "task.splits.train=train:0:16", "task.splits.dev=dev:0:16",
+            "trainer.max_steps=2", "trainer.batch_size=8", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    assert run_cli(*args).returncode == 0
+    assert (tmp_path / "run" / "result.json").is_file() and not (tmp_path / "run" / ".lock").exists()
+    again = run_cli(*args)
+    assert again.returncode == 0 and not (tmp_path / "run" / ".lock").exists()
