@@ -181,3 +181,13 @@ def test_committed_mini_results_dyndora_allocation_is_noise_adalora_reproducible
     assert len(dora) == len(ada) == 5
     assert all(-0.2 < r["mean_r"] < 0.1 and r["p"] > 0.3 for r in dora)
     assert all(0.3 < r["mean_r"] < 0.45 and r["p"] < 0.01 for r in ada)
+
+
+def test_committed_study_stage1_report_is_rebuilt_from_its_result_files(tmp_path):
+    """results/study/stage1 is a pure function of its runs/*/result.json (make study-report)."""
+    stage1 = REPO / "results" / "study" / "stage1"
+    make_tables.build(stage1 / "runs", tmp_path, protocol="common")
+    for name in ("allocation.csv", "cells.csv", "table2.md"):
+        assert (tmp_path / name).read_text() == (stage1 / name).read_text(), name
+    rows = {(r["task"], r["lr"]): r for r in allocation.diagnose(make_tables.scan(stage1 / "runs").ok)}
+    assert float(rows["cola", 0.01]["b_cos_init"]) < 0.8 and rows["stsb", 0.003]["p"] < 0.05
