@@ -233,14 +233,20 @@ def static_bytes(b: Bench) -> int:
 
 def step_peak_bytes(b: Bench, batch, autocast, device: str) -> int:
     """Peak of the tensor bytes allocated during one step and not yet freed."""
+    return peak_bytes(lambda: train_step(b, batch, autocast), device)
+
+
+def peak_bytes(step, device: str) -> int:
+    """Peak of the tensor bytes allocated while ``step()`` runs and not yet freed (CUDA counters, else
+    the profiler's allocation events)."""
     if device.startswith("cuda"):
         sync(device)
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-        train_step(b, batch, autocast)
+        step()
         sync(device)
         return torch.cuda.max_memory_allocated() - start
-    return _profiled_peak(lambda: train_step(b, batch, autocast))
+    return _profiled_peak(step)
 
 
 def _profiled_peak(fn) -> int:

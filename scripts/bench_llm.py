@@ -165,14 +165,7 @@ def static_bytes(c: Candidate) -> int:
 
 
 def step_peak_bytes(c: Candidate, batch, device: str) -> int:
-    if device.startswith("cuda"):
-        sync(device)
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        train_step(c, batch, device)
-        sync(device)
-        return torch.cuda.max_memory_allocated() - start
-    return bench_module()._profiled_peak(lambda: train_step(c, batch, device))
+    return bench_module().peak_bytes(lambda: train_step(c, batch, device), device)
 
 
 def dem_ms(c: Candidate, reps: int, device: str) -> float:
