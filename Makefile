@@ -147,6 +147,15 @@ study1: install ## MiniLM study stage 1 (8 CPU runs, resumable), then study-repo
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage1 $(STUDY_OUT)/stage1/runs)
 	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
 
+# Stage 1 pilots (README "MiniLM study"): DynDoRA on CoLA at 3e-3 without DEM (eta = 0) and at 1e-3 with it,
+# seeds 2 and 1, stage 1's schedule (4 runs) -> STUDY_OUT/pilot/runs.
+.PHONY: study-pilot
+study-pilot: install ## MiniLM study pilots after stage 1: DynDoRA CoLA, eta = 0 at 3e-3 and lr 1e-3 (4 CPU runs)
+	@set -e; for e in study1_pilot_eta0 study1_pilot_lr; do \
+	  OMP_NUM_THREADS=1 $(PY) scripts/grid.py $$e --runs $(STUDY_RUNS)/pilot --jobs $(MINI_JOBS) \
+	    --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS); done
+	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/pilot $(STUDY_OUT)/pilot/runs)
+
 # Stage 2: each method's learning rate per task, a 3-point grid on seed 0 (not reported) at stage 3's schedule
 # (configs/tuned/minilm_<method>_<task>.yaml). Stage 3: 4 methods x 4 tasks x seeds 1-5 = 80 runs at 2,000 steps.
 STUDY_TASKS ?= cola mrpc sst2 stsb
@@ -171,7 +180,7 @@ study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 l
 	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
 
 study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), allocation diagnostics, curves
-	@for st in stage1 stage3; do if [ -d $(STUDY_OUT)/$$st/runs ]; then \
+	@for st in stage1 pilot stage3; do if [ -d $(STUDY_OUT)/$$st/runs ]; then \
 	  $(PY) scripts/make_tables.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st --protocol common && \
 	  $(PY) scripts/figures.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st/figures --model minilm; fi; done
 
