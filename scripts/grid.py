@@ -4,13 +4,14 @@
 
 A target names one or more experiment files (configs/experiment/*.yaml) whose grids are declared under
 ``hydra.sweeper.params``. Each run's folder is ``<runs>/<hydra.job.override_dirname>`` (for example
-``runs/paper/budget=high,method=dora,seed=1,task=cola``), computed here with Hydra's own function, so the
-plan and the launched jobs agree, and runs shared by two tables (Table 5 "with DEM" is Table 2's DynDoRA
-1.33M row) have one folder. A run whose ``result.json`` exists is skipped, here and again in the job
+``runs/paper/budget=high,method=dora,seed=1,task=cola``), computed here by Hydra's rule (a test holds it to
+the name Hydra composes), so the plan and the launched jobs agree, and runs shared by two tables (Table 5
+"with DEM" is Table 2's DynDoRA 1.33M row) have one folder. A run whose ``result.json`` exists is skipped, here and again in the job
 itself (scripts/grid_job.py), so an interrupted grid resumes where it stopped. The experiment's params
 are passed on the command line too (command-line overrides of the same key win, as in Hydra).
 
-``--dry-run`` lists the runs still to do, their count and a rough cost, and needs no launcher plugin.
+``--dry-run`` lists the runs still to do, their count and a rough cost (from each run's settings as Hydra
+composes them), and needs no launcher plugin.
 Launchers: ``basic`` (sequential), ``joblib`` (local processes; one GPU per run, assigned by the job),
 ``submitit_slurm`` / ``submitit_local`` (pass ``hydra.launcher.*`` settings after ``--``).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import itertools
 import math
 import os
 import subprocess
@@ -27,13 +29,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra._internal.config_loader_impl import get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dora.config import pick  # noqa: E402
+from dora.cli import compose_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -59,7 +59,8 @@ for _f in sorted((CONFIGS / "experiment").glob("[!_]*.yaml")):
     TARGETS.setdefault(_f.stem, (_f.stem,))
 # Left out of run folder names: the experiment (so tables share runs) and keys that do not change results
 # Run-folder names leave out the same keys as a plain `python run.py -m` (configs/config.yaml)
-EXCLUDE_KEYS = tuple(OmegaConf.load(CONFIGS / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+OVERRIDE_DIRNAME = OmegaConf.load(CONFIGS / "config.yaml").hydra.job.config.override_dirname
+EXCLUDE_KEYS = tuple(OVERRIDE_DIRNAME.exclude_keys)
 
 # Cost model, deliberately rough: training tokens (batch x padded length x steps) at a throughput per
 # backbone measured-order-of-magnitude for one A100-class GPU in bf16; evaluation time is not counted.
@@ -114,17 +115,26 @@ def grid_args(experiment: str, extra: list[str]) -> list[str]:
 
 
 def job_overrides(experiment: str, extra: list[str]) -> list[list[str]]:
-    """Every job of the experiment: the cartesian product Hydra's BasicSweeper forms."""
+    """Every job of the experiment, as Hydra's basic sweeper forms them: the cartesian product of the
+    swept values (the first key varies slowest), each job a list of ``key=value`` overrides."""
     parsed = OverridesParser.create().parse_overrides(grid_args(experiment, extra))
-    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    axes = [[f"{o.get_key_element()}={v}" for v in _values(o)] for o in parsed]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def _values(override) -> list[str]:
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
 
 
 def run_folder(runs: Path, overrides: list[str]) -> Path:
-    """``<runs>/<override_dirname>`` with the separators of configs/config.yaml."""
-    sep = _yaml(CONFIGS / "config.yaml")["hydra"]["job"]["config"]["override_dirname"]
+    """``<runs>/<hydra.job.override_dirname>``: the job's overrides sorted, the excluded keys left out,
+    joined with the separators of configs/config.yaml (Hydra's rule; tests/test_tables.py holds it to the
+    name Hydra composes, without composing every run here)."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    name = get_overrides_dirname(parsed, list(EXCLUDE_KEYS), item_sep=sep["item_sep"], kv_sep=sep["kv_sep"])
-    return runs / name
+    lines = sorted(o.input_line for o in parsed if o.key_or_group not in EXCLUDE_KEYS)
+    return runs / OVERRIDE_DIRNAME.item_sep.join(lines).replace("=", OVERRIDE_DIRNAME.kv_sep)
 
 
 def _split(extra: list[str]) -> tuple[list[str], list[str]]:
@@ -144,17 +154,12 @@ def plan(target: str, runs: Path, extra: list[str]) -> list[Run]:
             folder = run_folder(runs, overrides)
             if folder not in out:
                 done = (folder / "result.json").exists()
-                cost = estimate_seconds(overrides, experiment, device_of(target))
+                cost = estimate_seconds(overrides, device_of(target))
                 out[folder] = Run(experiment, overrides, folder, done, cost)
     return list(out.values())
 
 
 # -- cost estimate -------------------------------------------------------------------------------------
-@functools.cache
-def _yaml(path: Path) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
-
-
 @functools.cache
 def _train_examples(task: str) -> int:
     with open(REPO / "results" / "paper" / "table7.csv") as f:
@@ -162,29 +167,14 @@ def _train_examples(task: str) -> int:
     return (glue | NON_GLUE_TRAIN).get(task, 10_000)
 
 
-def _body(experiment: str) -> dict:
-    """The experiment file's settings outside ``hydra`` (its own defaults first, then its body)."""
-    cfg = _yaml(CONFIGS / "experiment" / f"{experiment}.yaml")
-    parts = [_body(d) for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-    return OmegaConf.to_container(
-        OmegaConf.merge(*parts, {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")})
-    )
-
-
-def _setting(ov: dict, key: str, task: str, method: str, default, body: dict | None = None):
-    """A trainer/task setting as composition would give it: override > experiment body > recipe > group
-    file > default; a ${pick:${task.name},{...}} value is resolved for the task."""
-    group, field = key.split(".")
-    if key in ov:
-        return ov[key]
-    recipe = _yaml(CONFIGS / "recipe" / f"{method}_{task}.yaml").get(group, {})
-    base = _yaml(CONFIGS / group / ("default.yaml" if group == "trainer" else f"{task}.yaml"))
-    value = (body or {}).get(group, {}).get(field, recipe.get(field, base.get(field, default)))
-    if isinstance(value, str) and "${" in value:
-        if not OmegaConf.has_resolver("pick"):
-            OmegaConf.register_new_resolver("pick", pick)
-        value = OmegaConf.create({"task": {"name": task}, "value": value}).value
-    return value
+@functools.cache
+def _settings(overrides: tuple[str, ...]) -> tuple[str, str, int, int, int, int]:
+    """(task, model, batch size, epochs, max length, max steps) as the run composes them. Only these
+    fields are resolved (a study's ``${tuned:}`` learning rate need not exist for a dry run)."""
+    cfg = compose_config(list(overrides))
+    t = cfg.trainer
+    length = t.max_length or cfg.task.max_length
+    return cfg.task.name, cfg.model.name, t.batch_size, t.epochs, length, t.max_steps
 
 
 def device_of(target: str) -> str:
@@ -192,21 +182,10 @@ def device_of(target: str) -> str:
     return "cpu" if target.startswith(CPU_GRIDS) else "gpu"
 
 
-def estimate_seconds(overrides: list[str], experiment: str | None = None, device: str = "gpu") -> float:
+def estimate_seconds(overrides: list[str], device: str = "gpu") -> float:
     """Rough seconds of one run on ``device``: steps x batch x padded length / backbone throughput."""
-    ov = dict(o.split("=", 1) for o in overrides)
-    task, method = ov.get("task", "rte"), ov.get("method", "full")
-    body = _body(experiment) if experiment else {}
-    default_model = _yaml(CONFIGS / "model" / f"_for_{task}.yaml").get("defaults", ["roberta_base"])[0]
-    model = ov.get("model", default_model)
-
-    def setting(key, default):
-        return _setting(ov, key, task, method, default, body)
-
-    batch = int(setting("trainer.batch_size", 16))
-    epochs = int(setting("trainer.epochs", 3))
-    length = int(setting("trainer.max_length", None) or setting("task.max_length", 128))
-    steps = int(setting("trainer.max_steps", -1))
+    unseeded = tuple(o for o in overrides if not o.startswith("seed="))  # the seed changes no setting
+    task, model, batch, epochs, length, steps = _settings(unseeded)
     if steps <= 0:
         steps = math.ceil(_train_examples(task) / batch) * epochs
     if device == "cpu":

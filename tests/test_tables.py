@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
+from dora.config import CONFIG_DIR
 from tests.helpers import REPO, compose
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -240,6 +243,24 @@ def test_command_line_overrides_replace_the_configs_sweep(tmp_path):
     assert (
         runs[0].folder.name == "budget=low,method.dem_coef=0.0,method=dora,model=tiny_roberta,seed=1,task=rte"
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "extra"),
+    [
+        ("table2", []),
+        ("table6", []),
+        ("mini", []),
+        ("sweep-dem", ["task=rte", "seed=2", "model=tiny_roberta"]),
+    ],
+)
+def test_run_folders_are_the_names_hydra_gives_the_jobs(target, extra, tmp_path):
+    """grid.py names folders without composing each run; Hydra names the launched job's folder."""
+    for run in grid.plan(target, tmp_path, extra)[::17]:
+        compose(*run.overrides)  # the plug-in schemas registered
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=run.overrides, return_hydra_config=True)
+        assert run.folder == tmp_path / cfg.hydra.job.override_dirname
 
 
 def test_grid_passes_the_sweep_on_the_command_line_so_single_knob_values_compose():
