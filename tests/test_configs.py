@@ -36,6 +36,7 @@ def test_each_task_composes_with_its_default_model(task):
     _check(cfg)
     assert cfg.task.name == task
     assert cfg.model.name == ("bart_base" if task == "xsum" else "roberta_base")
+    assert compose(f"task={task}", "model=tiny_bart").model.name == "tiny_bart"  # model=X replaces it
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
