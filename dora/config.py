@@ -194,11 +194,17 @@ def tuned(*, _root_) -> float:
     return float(OmegaConf.load(path).lr)
 
 
-def pick(key, table):
-    """``${pick:${task.name},{rte: 120, cola: 500}}``: the table's value for the key (a per-task setting)."""
-    if key not in table:
-        raise ValueError(f"pick: no value for {key!r}; the table has {', '.join(map(str, table))}")
-    return table[key]
+_NO_DEFAULT = object()
+
+
+def pick(key, table, default=_NO_DEFAULT):
+    """``${pick:${task.name},{rte: 120, cola: 500}}``: the table's value for the key (a per-task setting).
+    A third argument is the value for keys the table lacks: ``${pick:${task.name},{rte: 80},3}``."""
+    if key in table:
+        return table[key]
+    if default is not _NO_DEFAULT:
+        return default
+    raise ValueError(f"pick: no value for {key!r}; the table has {', '.join(map(str, table))}")
 
 
 def register_configs() -> None:

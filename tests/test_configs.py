@@ -47,8 +47,9 @@ def test_each_model_composes(model):
 
 
 def _recipe_pairs():
+    """Every task with every method that has a recipe (configs/recipe/<method>.yaml)."""
     stems = [p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml")]
-    return [(m, t) for m, t in itertools.product(METHOD_NAMES, TASK_NAMES) if f"{m}_{t}" in stems]
+    return list(itertools.product([m for m in METHOD_NAMES if m in stems], TASK_NAMES))
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

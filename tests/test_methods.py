@@ -24,7 +24,6 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from dora.config import TrainerConfig
 from dora.methods import METHODS, TaskInfo, build_method
 from dora.methods.base import is_head
 from dora.models import adapted_linears, load_backbone
@@ -308,18 +307,11 @@ def test_adalora_end_to_end_with_grad_accumulation(tmp_path, data_dir):
     assert config["peft_type"] == "ADALORA" and config["total_step"] == steps
 
 
-def test_baseline_recipes_validate_and_cite_a_source():
-    """Every configs/recipe/<baseline>_<task>.yaml validates against the trainer and method schemas
-    and says where its values come from; one is composed through Hydra end to end."""
-    baselines = ("lora", "adalora", "houlsby", "pfeiffer")
-    recipes = [p for p in (REPO / "configs" / "recipe").glob("*.yaml") if p.stem.split("_")[0] in baselines]
-    assert len(recipes) >= 4 * 8  # every GLUE task for every baseline
-    for path in recipes:
-        method = path.stem.split("_")[0]
+def test_baseline_recipes_cite_a_source_and_apply():
+    """Every baseline's configs/recipe/<method>.yaml says where its values come from (tests/test_configs.py
+    composes and validates each with every task); the recipe applies and the command line wins."""
+    for method in ("lora", "adalora", "houlsby", "pfeiffer"):
+        path = REPO / "configs" / "recipe" / f"{method}.yaml"
         assert path.read_text().splitlines()[1].startswith("# "), f"{path.name} gives no source"
-        recipe = OmegaConf.load(path)
-        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), recipe.trainer))
-        schema = OmegaConf.structured(METHODS.get(method).config)
-        OmegaConf.to_object(OmegaConf.merge(schema, recipe.get("method", {})))
     cfg = compose("method=adalora", "task=rte", "trainer.epochs=3")  # the recipe applies, the CLI wins
     assert (cfg.trainer.lr, cfg.trainer.epochs, cfg.method.tinit, cfg.method.delta_t) == (1.2e-3, 3, 0.15, 1)
