@@ -24,7 +24,8 @@ from dora.config import CONFIG_DIR, GROUPS, BudgetConfig, LoggerConfig, ModelCon
 from dora.errors import UserError, choices, one_line
 
 SCHEMAS = {"trainer": TrainerConfig, "logger": LoggerConfig, "model": ModelConfig, "budget": BudgetConfig}
-MERGED_AT_ROOT = ("recipe", "experiment")  # groups whose values land at the top level, not under a key
+# groups whose values land at the top level, not under a key
+MERGED_AT_ROOT = ("recipe", "experiment", "debug")
 
 
 def group_options(group: str) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment")
+GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment", "debug")
 
 
 @dataclass

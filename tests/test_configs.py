@@ -69,6 +69,15 @@ def test_every_recipe_composes_and_the_command_line_wins(method, task):
     assert compose(f"method={method}", f"task={task}", "trainer.lr=0.123").trainer.lr == 0.123
 
 
+def test_debug_tiny_is_the_tiny_offline_run_and_the_command_line_wins():
+    plain = ("task=rte", "method=dora", "output_dir=out")
+    tiny = compose(*plain, "debug=tiny")
+    spelled_out = compose(*plain, "model=tiny_roberta", "logger=none", "trainer.progress=false")
+    assert OmegaConf.to_container(tiny, resolve=True) == OmegaConf.to_container(spelled_out, resolve=True)
+    xsum = compose("task=xsum", "debug=tiny", "model=tiny_bart", "logger=wandb")
+    assert (xsum.model.name, xsum.logger.kind, xsum.trainer.progress) == ("tiny_bart", "wandb", False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_full_cross_product_composes(task):
@@ -83,6 +92,7 @@ def test_full_cross_product_composes(task):
         (["method=nosuch"], "unknown method 'nosuch'; valid: adalora, bitfit,"),
         (["model=gpt9"], "unknown model 'gpt9'; valid: bart_base,"),
         (["budget=medium"], "unknown budget 'medium'; valid: high, low"),
+        (["debug=huge"], "unknown debug 'huge'; valid: tiny"),
         (["-m", "task=rte,nosuch"], "unknown task 'nosuch'"),
         (["trainer.nosuch=1"], "unknown field 'trainer.nosuch'; valid: trainer.batch_size,"),
         (["trainer.epochs=many"], "bad value for trainer.epochs"),

@@ -16,10 +16,9 @@ from dora.cli import process_overrides
 from tests.helpers import REPO, compose
 
 # dropout off: with it, each process draws its own masks and only the statistics would agree
-SAME = ["task=rte", "method=dora", "model=tiny_roberta", "task.splits.train=train:0:128", "task.splits.dev=dev:0:64",
+SAME = ["task=rte", "method=dora", "debug=tiny", "task.splits.train=train:0:128", "task.splits.dev=dev:0:64",
         "trainer.max_steps=16", "trainer.checkpoint_every=5", "method.prune_interval=2", "method.dropout=0",
-        "+model.tiny.hidden_dropout_prob=0", "+model.tiny.attention_probs_dropout_prob=0", "logger=none",
-        "trainer.progress=false"]  # fmt: skip
+        "+model.tiny.hidden_dropout_prob=0", "+model.tiny.attention_probs_dropout_prob=0"]  # fmt: skip
 # Stated tolerance, 2 processes x batch 8 vs 1 process x batch 16: the same examples make up each global
 # step, so only float summation order differs (measured: max |dW| = 1.2e-7, identical metrics).
 WEIGHT_ATOL = 1e-5

@@ -35,9 +35,8 @@ from tests.test_resume import assert_same_run
 
 pytestmark = pytest.mark.faults
 
-ARGS = ["task=rte", "model=tiny_roberta", "logger=none", "trainer.progress=false", "method=dora",
-        "task.splits.train=train:0:64", "task.splits.dev=dev:0:16", "trainer.batch_size=8",
-        "trainer.max_steps=12", "trainer.checkpoint_every=1", "method.prune_interval=2"]  # fmt: skip
+ARGS = ["task=rte", "debug=tiny", "method=dora", "task.splits.train=train:0:64", "task.splits.dev=dev:0:16",
+        "trainer.batch_size=8", "trainer.max_steps=12", "trainer.checkpoint_every=1", "method.prune_interval=2"]  # fmt: skip
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 TALLY: dict[str, dict[str, int]] = {}  # kind -> cases, identical results, clear lines, kills that fired
 rng = random.Random(16)
@@ -306,8 +305,8 @@ def test_a_folder_holding_another_configuration_is_refused_before_hydra_writes(t
     """A finished run's folder and a start with another configuration: one line, and not a byte of
     the finished run changes (Hydra would otherwise rewrite its .hydra/ files and append to run.log)."""
     out = tmp_path / "done"
-    base = ["model=tiny_roberta", "logger=none", "trainer.progress=false", "method=bitfit",
-            "task.splits.train=train:0:32", "task.splits.dev=dev:0:16", f"data_dir={data_dir}", f"output_dir={out}"]  # fmt: skip
+    base = ["debug=tiny", "method=bitfit", "task.splits.train=train:0:32", "task.splits.dev=dev:0:16",
+            f"data_dir={data_dir}", f"output_dir={out}"]  # fmt: skip
     first = run_cli(*base, "trainer.max_steps=1")
     assert first.returncode == 0, first.stderr[-2000:]
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
@@ -323,7 +322,7 @@ def test_a_refused_sweep_job_does_not_stop_the_sweep(tmp_path, data_dir):
     """``-m`` with a job that fails only when it runs (its dev file is missing): the other job still
     runs, and the sweep ends with one line naming the refused one."""
     sweep = tmp_path / "sweep"
-    done = run_cli("-m", "task=rte", "model=tiny_roberta", "logger=none", "trainer.progress=false", "method=bitfit",
+    done = run_cli("-m", "task=rte", "debug=tiny", "method=bitfit",
                    "task.splits.train=train:0:32", "trainer.max_steps=1", f"data_dir={data_dir}",
                    "task.splits.dev=nosuch,dev:0:16", f"hydra.sweep.dir={sweep}")  # fmt: skip
     line = assert_clear(done.returncode, "\n".join(

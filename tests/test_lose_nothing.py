@@ -19,12 +19,11 @@ from tests.helpers import cli_inprocess, compose, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BASE = ["task=rte", "model=tiny_roberta", "logger=none", "trainer.progress=false",
-        "task.splits.train=train:0:32", "task.splits.dev=dev:0:16", "trainer.batch_size=8"]  # fmt: skip
+BASE = ["task=rte", "debug=tiny", "task.splits.train=train:0:32", "task.splits.dev=dev:0:16",
+        "trainer.batch_size=8"]  # fmt: skip
 # 64 examples / batch 8: 8 steps, a checkpoint every 2 steps, the newest 2 kept
-RESUMABLE = ["task=rte", "model=tiny_roberta", "logger=none", "trainer.progress=false", "method=lora",
-             "task.splits.train=train:0:64", "task.splits.dev=dev:0:16", "trainer.batch_size=8",
-             "trainer.max_steps=8", "trainer.checkpoint_every=2"]  # fmt: skip
+RESUMABLE = ["task=rte", "debug=tiny", "method=lora", "task.splits.train=train:0:64", "task.splits.dev=dev:0:16",
+             "trainer.batch_size=8", "trainer.max_steps=8", "trainer.checkpoint_every=2"]  # fmt: skip
 
 
 def one_error_line(code: int, err: str, expected: str, exit_code: int = 2) -> str:
@@ -486,7 +485,7 @@ def test_the_lock_is_released_after_an_in_process_run(tmp_path, capsys, data_dir
 def test_a_finished_run_folder_keeps_no_lock_file(tmp_path):
     """A completed run removes its .lock (issue 17: stale .lock files in finished folders); the same
     command again still skips it."""
-    args = ["task=sst2", "method=bitfit", "model=tiny_roberta", "logger=none", "trainer.progress=false",
+    args = ["task=sst2", "method=bitfit", "debug=tiny",
             f"data_dir={Path(__file__).resolve().parent.parent / 'data' / 'fixtures'}", "task.splits.train=train:0:16", "task.splits.dev=dev:0:16",
             "trainer.max_steps=2", "trainer.batch_size=8", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
     assert run_cli(*args).returncode == 0

@@ -15,8 +15,8 @@ import pytest
 from dora import rundir
 from tests.helpers import cli_inprocess
 
-BASE = ["task=rte", "model=tiny_roberta", "logger=none", "trainer.progress=false", "trainer.max_steps=3",
-        "task.splits.train=train:0:32", "task.splits.dev=dev:0:16", "trainer.batch_size=8"]  # fmt: skip
+BASE = ["task=rte", "debug=tiny", "trainer.max_steps=3", "task.splits.train=train:0:32", "task.splits.dev=dev:0:16",
+        "trainer.batch_size=8"]  # fmt: skip
 
 CASES = {
     # method schedules: target rank r above the initial r' = ceil(init_ratio * r) (equal is allowed:

@@ -21,9 +21,8 @@ from dora.methods import METHODS, Method
 from tests.helpers import REPO, compose
 
 # 64 examples / batch 8 = 8 batches per epoch: epochs end at steps 8 and 16 of T = 20
-TINY = ["task=rte", "model=tiny_roberta", "task.splits.train=train:0:64", "task.splits.dev=dev:0:32",
-        "trainer.batch_size=8", "trainer.max_steps=20", "trainer.checkpoint_every=3", "trainer.eval_every=5",
-        "logger=none", "trainer.progress=false"]  # fmt: skip
+TINY = ["task=rte", "debug=tiny", "task.splits.train=train:0:64", "task.splits.dev=dev:0:32",
+        "trainer.batch_size=8", "trainer.max_steps=20", "trainer.checkpoint_every=3", "trainer.eval_every=5"]  # fmt: skip
 # prune every 2nd step so that the interruptions below fall between pruning events (T=20: dora prunes at
 # 3, 5, 7, 9, 10; adalora masks at 4, 6, 8 and fixes the pattern at 10)
 SCHEDULE = {"dora": ["method.prune_interval=2"], "adalora": ["method.delta_t=2"]}

@@ -16,8 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from dora.config import CONFIG_DIR, register_configs
 from tests.helpers import REPO
 
-TINY = ["task=rte", "method=bitfit", "model=tiny_roberta", "task.splits.train=train:0:32",
-        "task.splits.dev=dev:0:16", "trainer.max_steps=2", "logger=none", "trainer.progress=false"]  # fmt: skip
+TINY = ["task=rte", "method=bitfit", "debug=tiny", "task.splits.train=train:0:32", "task.splits.dev=dev:0:16",
+        "trainer.max_steps=2"]  # fmt: skip
 
 
 def hydra_config(*overrides: str):
