@@ -1,7 +1,7 @@
 """Choose a learning rate for one (model, method, task) on seeds the tables do not report.
 
     python scripts/tune.py --model minilm --method dora --task stsb --lrs 1e-3,3e-3,1e-2 [--seeds 0]
-        [--runs runs/tune] [--jobs N] [--protocol last|best] [--dry-run] [-- OVERRIDES...]
+        [--runs runs/tune] [--jobs N] [--protocol last|best] [--experiment tune] [--dry-run] [-- OVERRIDES...]
 
 Runs the grid through scripts/grid.py (experiment ``tune``: finished runs are skipped, an interrupted
 grid resumes), then takes every rate's mean dev headline over the seeds, picks the best, says when it
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--launcher", default="auto")
     p.add_argument("--out", type=Path, default=None, help="tuned folder (default configs/tuned)")
+    p.add_argument("--experiment", default="tune", help="experiment file holding the schedule (default tune)")
     p.add_argument("--dry-run", action="store_true")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -141,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(lrs) < 2 or any(not _positive(x) for x in lrs):
         p.error(f"--lrs {a.lrs!r}: give at least two positive numbers, e.g. 1e-3,3e-3,1e-2")
     ov = overrides(a, a.extra)
-    runs = grid.plan("tune", a.runs, ov)
-    grid.report("tune", runs)
+    runs = grid.plan(a.experiment, a.runs, ov)
+    grid.report(a.experiment, runs)
     if a.dry_run:
         return 0
     if not all(r.done for r in runs):
-        grid.launch("tune", a.runs, ov, a.launcher, a.jobs, per_gpu=1)
-        runs = grid.plan("tune", a.runs, ov)
+        grid.launch(a.experiment, a.runs, ov, a.launcher, a.jobs, per_gpu=1)
+        runs = grid.plan(a.experiment, a.runs, ov)
     per_lr, headline = collect(runs, a.protocol)
     rows = summarise(per_lr)
     best, edge = choose(rows)
