@@ -24,14 +24,22 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+import dora.methods  # noqa: F401  (the plug-ins register themselves, their config schemas included)
+import tasks  # noqa: F401
 from dora import rundir
 from dora.argcheck import group_options
-from dora.config import CONFIG_DIR, GROUPS, register_configs, validate
+from dora.config import CONFIG_DIR, GROUPS, register_resolvers, validate
 from dora.errors import UserError, choices, one_line
+from dora.registry import store_schemas_in_hydra
 from dora.rundir import check_output_dir
 
 RUN_GROUPS = ("model", "task", "method", "budget", "trainer", "logger")  # the groups a run reads
 log = logging.getLogger(__name__)
+
+# Hydra composes in this process from here on (run.py, scripts/grid_job.py and the tests import this
+# module first): the schemas announced before Hydra was imported, and the resolvers the YAMLs use.
+store_schemas_in_hydra()
+register_resolvers()
 
 
 def fail(message: str, code: int = 2):
@@ -39,11 +47,11 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    register_configs()
+def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config ``python run.py OVERRIDES`` composes (with Hydra's own ``hydra`` node if asked)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def _prefix(kind: OverrideType) -> str:

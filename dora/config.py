@@ -1,8 +1,9 @@
 """Typed schemas (dataclasses) of the Hydra config groups; values live in configs/*.yaml.
 
 Each group YAML starts from its schema (``defaults: [_model, _self_]``), so a typo in a field name or a
-value of the wrong type fails at composition. Methods and tasks register their own schema
-(a subclass of MethodConfig / TaskConfig) next to their code; see ``register_configs``.
+value of the wrong type fails at composition. The schemas below go into Hydra's ConfigStore as this module
+loads (``store_schema``); methods and tasks register their own (a subclass of MethodConfig / TaskConfig)
+next to their code, through dora.registry. This module imports no plug-in.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
+
+from dora.registry import store_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment")
@@ -172,7 +175,6 @@ def validate(cfg, groups) -> dict:
         raise UserError(one_line(e)) from e
 
 
-_REGISTERED = False
 TUNED_DIR = CONFIG_DIR / "tuned"
 
 
@@ -201,33 +203,20 @@ def pick(key, table):
     return table[key]
 
 
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (group YAMLs extend them). Idempotent."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from hydra.core.config_store import ConfigStore  # here, not at import: dora.dyndora needs no Hydra
+# each group's base schema, ``<group>/_<group>`` in Hydra's ConfigStore (plug-ins add ``_<name>``)
+BASE_SCHEMAS = {
+    "model": ModelConfig,
+    "budget": BudgetConfig,
+    "trainer": TrainerConfig,
+    "logger": LoggerConfig,
+    "task": TaskConfig,
+    "method": MethodConfig,
+}
+for _group, _schema in BASE_SCHEMAS.items():
+    store_schema(_group, f"_{_group}", _schema)
 
-    import dora.methods  # noqa: F401  (self-registering plug-ins)
-    import tasks  # noqa: F401
-    from dora.methods import METHODS
-    from tasks import TASKS
 
+def register_resolvers() -> None:
+    """``${pick:...}`` and ``${tuned:}`` for the YAMLs; the command line registers them (dora.cli)."""
     OmegaConf.register_new_resolver("pick", pick, replace=True)
     OmegaConf.register_new_resolver("tuned", tuned, replace=True)
-    cs = ConfigStore.instance()
-    for group, node in (
-        ("model", ModelConfig),
-        ("budget", BudgetConfig),
-        ("trainer", TrainerConfig),
-        ("logger", LoggerConfig),
-        ("task", TaskConfig),
-        ("method", MethodConfig),
-    ):
-        cs.store(group=group, name=f"_{group}", node=node)
-    for entry in METHODS:
-        cs.store(group="method", name=f"_{entry.name}", node=entry.config)
-    for entry in TASKS:
-        if entry.config is not TaskConfig:
-            cs.store(group="task", name=f"_{entry.name}", node=entry.config)
-    _REGISTERED = True
