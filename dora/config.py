@@ -8,6 +8,7 @@ next to their code, through dora.registry. This module imports no plug-in.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
 
+from dora.errors import UserError, one_line
 from dora.registry import store_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment")
+RUN_GROUPS = ("task", "model", "method", "budget", "trainer", "logger")  # a key of their own in the config
 
 
 @dataclass
@@ -161,18 +164,42 @@ class LoggerConfig:
             raise ValueError(f"logger.mode={self.mode!r}; valid: auto, offline, online")
 
 
-def validate(cfg, groups) -> dict:
-    """The seed checked and each group config as its dataclass (``__post_init__`` rejects impossible
-    values), or a UserError of one line. Light enough for the CLI's preflight."""
-    from dora.errors import UserError, one_line
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's whole configuration, converted once from the composed Hydra config (``from_hydra``):
+    each group as its dataclass, checked by its ``__post_init__``, and the top-level values. The runner,
+    its checkpoints and the run folder read this, never the Hydra config."""
 
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
-    try:
-        return {g: OmegaConf.to_object(cfg[g]) for g in groups}
-    except (ValueError, TypeError) as e:
-        raise UserError(one_line(e)) from e
+    task: TaskConfig
+    model: ModelConfig
+    method: MethodConfig
+    budget: BudgetConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    seed: int
+    data_dir: str | None
+    output_dir: str | None
+    # the same configuration resolved into plain dicts and lists, keys in composition order (every key,
+    # ``+key=...`` additions included): what result.json, checkpoints and failure.json record
+    resolved: dict = field(repr=False)
+
+    @classmethod
+    def from_hydra(cls, cfg) -> RunConfig:
+        """The composed config (an OmegaConf DictConfig) converted, or a UserError of one line for an
+        impossible value. Light enough for the CLI's preflight."""
+        resolved = OmegaConf.to_container(cfg, resolve=True)  # a bad ${pick:...} or ${oc.env:...} fails here
+        seed = cfg.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
+        try:
+            groups = {g: OmegaConf.to_object(cfg[g]) for g in RUN_GROUPS}
+        except (ValueError, TypeError) as e:
+            raise UserError(one_line(e)) from e
+        return cls(**groups, seed=seed, data_dir=cfg.data_dir, output_dir=cfg.output_dir, resolved=resolved)
+
+    def as_dict(self) -> dict:
+        """``resolved``, copied: result.json's ``config``, and what a run folder's earlier run is compared with."""
+        return copy.deepcopy(self.resolved)
 
 
 TUNED_DIR = CONFIG_DIR / "tuned"
