@@ -19,14 +19,14 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from dora import checkpoint, rundir
 from dora.checkpoint import EpochShuffle
-from dora.config import validate
+from dora.config import RunConfig
 from dora.errors import UserError
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
@@ -44,7 +44,6 @@ from tasks import Task, build_task
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()  # tokenisation bars drown the training bar
-GROUPS = ("model", "task", "method", "budget", "trainer", "logger")
 
 
 class Diverged(UserError):
@@ -96,7 +95,7 @@ class LossMeter:
 class Run:
     """Everything the training loop touches."""
 
-    cfg: DictConfig
+    cfg: RunConfig
     out_dir: Path
     accelerator: Accelerator
     task: Task
@@ -121,15 +120,10 @@ class Run:
 
     @property
     def config(self) -> dict:
-        return OmegaConf.to_container(self.cfg, resolve=True)
+        return self.cfg.as_dict()
 
     def wall_s(self) -> float:
         return self.progress.wall_s + time.perf_counter() - self.segment_t0
-
-
-def validated(cfg: DictConfig) -> dict:
-    """Group configs as dataclass objects; their ``__post_init__`` rejects impossible values."""
-    return validate(cfg, GROUPS)
 
 
 def mixed_precision(choice: str, cpu: bool) -> str:
@@ -188,24 +182,23 @@ def make_accelerator(trainer) -> Accelerator:
     return accelerator
 
 
-def build(cfg: DictConfig, out_dir: Path) -> Run:
-    c = validated(cfg)
-    trainer = c["trainer"]
+def build(cfg: RunConfig, out_dir: Path) -> Run:
+    trainer = cfg.trainer
     set_threads(trainer.threads)  # before tokenisation and the model build
-    task = build_task(c["task"], cfg.data_dir)
+    task = build_task(replace(cfg.task), cfg.data_dir)  # a copy: a task may rewrite its splits
     task.check_data()  # before any download or model build
-    method = build_method(c["method"], c["budget"])
+    method = build_method(cfg.method, cfg.budget)
     accelerator = make_accelerator(trainer)
     fp32_matmuls()
     set_seed(cfg.seed)
-    backbone = load_backbone(c["model"], task.head, task.num_labels)
-    max_length = trainer.max_length or c["task"].max_length
+    backbone = load_backbone(cfg.model, task.head, task.num_labels)
+    max_length = trainer.max_length or cfg.task.max_length
     check_max_length(max_length, backbone, "trainer.max_length" if trainer.max_length else "task.max_length")
     data = task.load(backbone.tokenizer, max_length)
     for name, split in {"train": data.train, **data.evals}.items():
         if len(split) == 0:
             what = "training" if name == "train" else f"{name}"
-            raise UserError(f"task={c['task'].name}: the {what} split {c['task'].splits[name]!r} is empty")
+            raise UserError(f"task={task.cfg.name}: the {what} split {task.cfg.splits[name]!r} is empty")
     trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
@@ -225,7 +218,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     info = TaskInfo(task.cfg.name, task.head, backbone.family, backbone.head_prefixes, total_steps)
     model = method.apply(backbone.model, info)
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = trainer.lr if trainer.lr is not None else c["method"].lr
+    lr = trainer.lr if trainer.lr is not None else cfg.method.lr
     optimizer = torch.optim.AdamW(
         params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=trainer.weight_decay
     )
@@ -238,8 +231,8 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     )
     eval_loaders = dict(zip(eval_loaders, evals, strict=True))
     tracker = make_tracker(
-        c["logger"], OmegaConf.to_container(cfg, resolve=True), str(out_dir), out_dir.name,
-        [task.cfg.name, method.cfg.name, c["model"].name], accelerator.is_main_process,
+        cfg.logger, cfg.as_dict(), str(out_dir), out_dir.name,
+        [task.cfg.name, method.cfg.name, cfg.model.name], accelerator.is_main_process,
     )  # fmt: skip
     return Run(
         cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
@@ -505,7 +498,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     state = run.method.state_dict()
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
-    atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
+    atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(run.config))
     best_from = run.method.best_from_step(run.total_steps)
     best = best_entry(run.history, run.task.headline, best_from)
     metrics = {k: v for k, v in run.history[-1].items() if k not in NOT_METRICS}
@@ -566,7 +559,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     """Train and evaluate one configuration; returns the result written to ``out_dir/result.json``.
 
     Skips a run whose result.json already exists (same configuration), resumes from the newest
@@ -574,7 +567,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     rundir.ensure_writable(out_dir)
     with rundir.exclusive(out_dir, enabled=is_main_process()):
-        done = rundir.completed(out_dir, OmegaConf.to_container(cfg, resolve=True))
+        done = rundir.completed(out_dir, cfg)
         if done is not None:
             log.warning("%s/result.json exists: this run is complete, skipping it", out_dir)
             if is_main_process():
@@ -605,7 +598,7 @@ def failure_record(run: Run):
     except BaseException as e:
         refused = isinstance(e, UserError) and not isinstance(e, Diverged) and not run.progress.started
         if run.accelerator.is_main_process and not refused:
-            what = {k: run.cfg[k].name for k in ("task", "method", "model")} | {"seed": run.cfg.seed}
+            what = {k: getattr(run.cfg, k).name for k in ("task", "method", "model")} | {"seed": run.cfg.seed}
             rundir.write_failure(
                 run.out_dir, e, run.progress.step, run.last_checkpoint, what | {"config": run.config}
             )

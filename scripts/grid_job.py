@@ -27,9 +27,8 @@ from hydra.core.hydra_config import HydraConfig
 # scripts/ is not importable, so nothing here may come from scripts/grid.py.
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from dora.config import register_configs  # noqa: E402
+import dora.cli  # noqa: E402, F401  (as run.py: the config schemas and resolvers Hydra composes with)
 
-register_configs()
 log = logging.getLogger("grid")
 
 

@@ -1,8 +1,9 @@
 """Benchmark tasks, registered by name: GLUE (one table-driven class); later SQuAD and XSum."""
 
+from dora.config import TaskConfig
 from dora.registry import Registry, import_submodules
 
-TASKS = Registry("task")
+TASKS = Registry("task", TaskConfig)
 
 from tasks.base import Task, TaskData  # noqa: E402
 

@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from dora.cli import compose_config
+from dora.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def compose(*overrides: str) -> DictConfig:
-    return compose_config(list(overrides))
+def compose(*overrides: str) -> RunConfig:
+    """The run's typed configuration, composed and converted as ``python run.py OVERRIDES`` does."""
+    return RunConfig.from_hydra(compose_config(list(overrides)))
 
 
 def run_inprocess(tmp_path: Path, *overrides: str) -> dict:
@@ -41,7 +41,7 @@ def cli_inprocess(capsys, *args: str) -> tuple[int, str]:
 
     try:
         preflight(list(args))
-        cfg = compose(*args)
+        cfg = compose_config(list(args))
         run_job(cfg, cfg.output_dir)
     except SystemExit as e:
         return int(e.code), capsys.readouterr().err

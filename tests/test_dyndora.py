@@ -353,16 +353,15 @@ def test_minilm_peft_export_reproduces_the_dev_metric(tmp_path, data_dir):
     from torch.utils.data import DataLoader
 
     from dora.models import load_backbone
-    from dora.runner import validated
     from tasks import build_task
     from tests.helpers import compose, run_inprocess
 
     args = ["task=rte", "method=dora", "model=minilm", f"data_dir={data_dir}", "trainer.max_steps=12"]
     args += ["trainer.batch_size=8", "trainer.max_length=64", "task.splits.dev=dev:0:64"]
     r = run_inprocess(tmp_path, *args)
-    c = validated(compose(*args))
-    task = build_task(c["task"], str(data_dir))
-    backbone = load_backbone(c["model"], task.head, task.num_labels)  # pretrained body, random head
+    c = compose(*args)
+    task = build_task(c.task, str(data_dir))
+    backbone = load_backbone(c.model, task.head, task.num_labels)  # pretrained body, random head
     model = PeftModel.from_pretrained(backbone.model, tmp_path / "run" / "peft_lora").eval()
     dev = task.load(backbone.tokenizer, 64).evals["dev"]
     loader = DataLoader(dev, 32, collate_fn=task.collator(backbone.tokenizer))

@@ -11,7 +11,6 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
 from dora.methods import TaskInfo, build_method
@@ -31,10 +30,9 @@ def composed_forward(self, x):
 
 def build(steps: int, *overrides: str):
     cfg = compose("model=tiny_roberta", "method=dora", "budget=low", *overrides)
-    model_cfg = OmegaConf.to_object(cfg.model)
     torch.manual_seed(0)
-    backbone = load_backbone(model_cfg, "seq_cls", 2)
-    method = build_method(OmegaConf.to_object(cfg.method), OmegaConf.to_object(cfg.budget))
+    backbone = load_backbone(cfg.model, "seq_cls", 2)
+    method = build_method(cfg.method, cfg.budget)
     info = TaskInfo("t", "seq_cls", backbone.family, backbone.head_prefixes, steps)
     model = method.apply(backbone.model, info).train()
     return model, method

@@ -40,7 +40,7 @@ MATRIX = [(m, b) for m in METHODS.names() for b in MODELS]
 def configs(method: str, model: str, budget: str = "low"):
     """(model, method, budget) config objects, composed as the CLI composes them."""
     cfg = compose(f"method={method}", f"model={model}", f"budget={budget}", "task=rte")
-    return tuple(OmegaConf.to_object(cfg[g]) for g in ("model", "method", "budget"))
+    return cfg.model, cfg.method, cfg.budget
 
 
 def fresh(method: str, model: str, budget: str = "low", steps: int = STEPS):

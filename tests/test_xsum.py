@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from omegaconf import OmegaConf
 from rouge_score import rouge_scorer
 from torch.utils.data import DataLoader
 
@@ -64,13 +63,13 @@ def test_jsonl_reader_and_errors(tmp_path):
 
 def test_bart_adapts_self_and_cross_attention_separately():
     cfg = compose("task=xsum", "model=tiny_bart")
-    bb = load_backbone(OmegaConf.to_object(cfg.model), "seq2seq", 0)
+    bb = load_backbone(cfg.model, "seq2seq", 0)
     names = [n for n, _ in adapted_linears(bb.model, "bart")]
-    layers = cfg.model.tiny
+    encoder, decoder = cfg.model.tiny["encoder_layers"], cfg.model.tiny["decoder_layers"]
     # 6 per encoder layer, 10 per decoder layer (bart-base: 6*6 + 6*10 = 96)
-    assert len(names) == 6 * layers.encoder_layers + 10 * layers.decoder_layers
-    assert sum(".decoder." in n and ".self_attn." in n for n in names) == 4 * layers.decoder_layers
-    assert sum(".encoder_attn." in n for n in names) == 4 * layers.decoder_layers
+    assert len(names) == 6 * encoder + 10 * decoder
+    assert sum(".decoder." in n and ".self_attn." in n for n in names) == 4 * decoder
+    assert sum(".encoder_attn." in n for n in names) == 4 * decoder
 
 
 @pytest.fixture(scope="module")
