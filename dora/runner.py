@@ -1,9 +1,8 @@
 """One run: build (task, backbone, method) -> train -> evaluate -> write result.json.
 
 The runner names no method and no task: it calls them only through their contracts
-(dora.methods.base.Method, tasks.base.Task). Order of one optimizer step (spec §5):
-forward -> loss = task + extra -> backward -> clip -> optimizer.step -> scheduler.step
--> method.after_optimizer_step (gradients still there) -> zero_grad.
+(dora.methods.base.Method, tasks.base.Task). One optimizer step is dora.step.train_step (its order is
+documented there); evaluation is tasks.base.evaluate_split, one split at a time.
 
 Reliability (dora/checkpoint.py, dora/rundir.py): a checkpoint every ``trainer.checkpoint_every``
 optimizer steps and at every epoch end; re-running with the same ``output_dir`` resumes from the newest
@@ -39,6 +38,7 @@ from dora.errors import UserError
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
 from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
+from dora.step import train_step
 from dora.tracking import make_tracker
 from tasks import Task, build_task
 
@@ -303,25 +303,19 @@ def epoch_batches(run: Run):
 
 
 def micro_step(run: Run, batch: dict) -> bool:
-    """Forward and backward of one micro-batch; on the last of an accumulation, the optimizer step and
-    the method's schedule. Returns whether an optimizer step happened."""
+    """One micro-batch through the training step (dora/step.py), then the runner's bookkeeping: loss
+    sums, samples, the non-finite check, Σ lr, the step count. Returns whether an optimizer step happened."""
     acc, p = run.accelerator, run.progress
     with acc.accumulate(run.model):
-        loss = run.model(**batch).loss
-        extra = run.method.extra_loss(acc.unwrap_model(run.model), p.step + 1)
-        acc.backward(loss if extra is None else loss + extra)
-        run.meter.add(loss, extra)
-        p.samples += batch["input_ids"].shape[0]
-        if not acc.sync_gradients:
-            return False
-        grad_norm = acc.clip_grad_norm_(run.model.parameters(), run.cfg.trainer.max_grad_norm)
-        run.meter.flag(p.step + 1, grad_norm)
-        p.lr_sum += run.scheduler.get_last_lr()[0]  # the rate this step used
-        run.optimizer.step()
-        run.scheduler.step()
-        p.step += 1
-        run.scalars = run.method.after_optimizer_step(p.step, run.total_steps)
-        run.optimizer.zero_grad(set_to_none=True)
+        out = train_step(run, batch, p.step + 1, run.cfg.trainer.max_grad_norm, acc)
+    run.meter.add(out.loss, out.extra)
+    p.samples += batch["input_ids"].shape[0]
+    if not out.stepped:
+        return False
+    run.meter.flag(p.step + 1, out.grad_norm)
+    p.lr_sum += out.lr
+    p.step += 1
+    run.scalars = out.scalars
     return True
 
 

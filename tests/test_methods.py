@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import functools
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from dora.methods import METHODS, TaskInfo, build_method
 from dora.methods.base import is_head
 from dora.models import adapted_linears, load_backbone
 from dora.results import save_tensors
+from dora.step import train_step
 
 MODELS = ("tiny_roberta", "tiny_bart")
 STEPS = 6  # T of the matrix runs: long enough for every schedule to finish its allocation
@@ -68,18 +70,16 @@ def logits(model, seed: int = 99) -> torch.Tensor:
 
 
 def train(model, method, steps: int = STEPS) -> None:
-    """The runner's step order: loss + extra -> backward -> clip -> step -> method hook -> zero_grad."""
+    """The runner's own step (dora.step.train_step) at a constant learning rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    trainee = SimpleNamespace(
+        model=model, method=method, optimizer=optimizer, scheduler=constant, total_steps=steps
+    )
     model.train()
     for step in range(1, steps + 1):
-        loss = model(**batch(step)).loss
-        extra = method.extra_loss(model, step)
-        (loss if extra is None else loss + extra).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        method.after_optimizer_step(step, steps)
-        optimizer.zero_grad(set_to_none=True)
+        assert train_step(trainee, batch(step), step, max_grad_norm=1.0).stepped
 
 
 def head_param(name: str, prefixes) -> bool:
