@@ -40,7 +40,7 @@ from dora.models import load_backbone
 from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
 from dora.step import train_step
 from dora.tracking import make_tracker
-from tasks import Task, build_task
+from tasks import Task, build_task, evaluate_split
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()  # tokenisation bars drown the training bar
@@ -351,7 +351,7 @@ def evaluate(run: Run) -> dict:
     t = time.perf_counter()
     metrics: dict[str, float] = {}
     for split, loader in run.eval_loaders.items():
-        metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
+        metrics.update(evaluate_split(run.task, run.model, loader, run.accelerator, split))
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         raise Diverged(
