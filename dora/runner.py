@@ -205,7 +205,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     for name, split in {"train": data.train, **data.evals}.items():
         if len(split) == 0:
             what = "training" if name == "train" else f"{name}"
-            raise UserError(f"task={c['task'].name}: the {what} split {c['task'].splits[name]!r} is empty")
+            raise UserError(f"task={c['task'].name}: the {what} split {task.splits[name]!r} is empty")
     trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None

@@ -33,10 +33,13 @@ class Task:
     def __init__(self, cfg: TaskConfig, data_dir: str | None):
         self.cfg = cfg
         self.data_dir = data_dir
+        # canonical split -> the spec this task reads: task.splits, unless check_data resolves them to
+        # others (an offline fallback, tasks/sources.py); the config itself is never rewritten
+        self.splits: dict[str, str] = dict(cfg.splits)
 
     @property
     def eval_splits(self) -> list[str]:
-        return [name for name in self.cfg.splits if name != "train"]
+        return [name for name in self.splits if name != "train"]
 
     def check_data(self) -> None:
         """Fail early (before any model is loaded) when local files are missing or malformed."""
@@ -66,7 +69,7 @@ class Task:
     def require_rows(self, spec_str: str, n: int) -> None:
         """An empty split (a header-only file, ``"data": []``, a slice past the end) is bad input."""
         if n == 0:
-            which = next((c for c, s in self.cfg.splits.items() if s == spec_str), "")
+            which = next((c for c, s in self.splits.items() if s == spec_str), "")
             what = "training" if which == "train" else which
             raise UserError(f"task={self.cfg.name}: the {what} split {spec_str!r} is empty")
 
@@ -76,8 +79,8 @@ class Task:
         return {}
 
     def data_notes(self) -> dict:
-        notes = {"source": self.data_dir or "hub", "splits": dict(self.cfg.splits)}
-        shared = shared_sources(self.cfg.splits)
+        notes = {"source": self.data_dir or "hub", "splits": dict(self.splits)}
+        shared = shared_sources(self.splits)
         if shared:
             notes["same_source"] = shared
         return notes

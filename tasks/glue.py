@@ -173,7 +173,7 @@ class Glue(Task):
     def check_data(self) -> None:
         if self.data_dir is None:
             return
-        for canonical, spec in self.cfg.splits.items():
+        for canonical, spec in self.splits.items():
             path = self.local_path(parse_split(spec).name)
             if not os.path.isfile(path):
                 folder = os.path.dirname(path)
@@ -246,8 +246,8 @@ class Glue(Task):
             return ds
 
         # evaluated shortest first: GLUE metrics do not depend on the order, and batches pad least
-        evals = {name: by_length(prepare(self.cfg.splits[name])) for name in self.eval_splits}
-        return TaskData(prepare(self.cfg.splits["train"]), evals, self.data_notes())
+        evals = {name: by_length(prepare(self.splits[name])) for name in self.eval_splits}
+        return TaskData(prepare(self.splits["train"]), evals, self.data_notes())
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)

@@ -134,7 +134,7 @@ class Xsum(LocalFileTask):
     def load(self, tokenizer, max_length: int) -> TaskData:
         self.check_data()
         self.tokenizer = tokenizer
-        raw = self.raw_split(self.cfg.splits["train"])
+        raw = self.raw_split(self.splits["train"])
         enc = tokenizer(raw["document"], truncation=True, max_length=max_length)
         labels = tokenizer(text_target=raw["summary"], truncation=True, max_length=self.cfg.target_length)
         train = Dataset.from_dict(
@@ -148,7 +148,7 @@ class Xsum(LocalFileTask):
         return TaskData(train, evals, self.data_notes())
 
     def _eval_dataset(self, split: str, tokenizer, max_length: int) -> Dataset:
-        raw = self.raw_split(self.cfg.splits[split])
+        raw = self.raw_split(self.splits[split])
         n = min(len(raw["document"]), self.cfg.predict_limit or len(raw["document"]))
         self.references[split] = raw["summary"][:n]
         enc = tokenizer(raw["document"][:n], truncation=True, max_length=max_length)

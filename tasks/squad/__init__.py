@@ -113,7 +113,7 @@ class Squad(LocalFileTask):
 
     def load(self, tokenizer, max_length: int) -> TaskData:
         self.check_data()
-        train = self.windows(tokenizer, self.examples(self.cfg.splits["train"]), max_length)
+        train = self.windows(tokenizer, self.examples(self.splits["train"]), max_length)
         train_ds = Dataset.from_dict(
             {
                 "input_ids": train.input_ids,
@@ -126,7 +126,7 @@ class Squad(LocalFileTask):
         return TaskData(train_ds, evals, self.data_notes())
 
     def _eval_dataset(self, split: str, tokenizer, max_length: int) -> Dataset:
-        ex = self.examples(self.cfg.splits[split])
+        ex = self.examples(self.splits[split])
         win = self.windows(tokenizer, ex, max_length)
         kept = list(range(len(win)))
         if self.cfg.protocol == "window":
