@@ -531,13 +531,13 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "distributed": distributed,
         "env": environment(str(run.accelerator.device)),
     }
-    # optional hooks (design.md): rank allocation of adaptive methods, exports such as a PEFT adapter
-    if hasattr(run.method, "rank_pattern"):
-        result["rank_pattern"] = run.method.rank_pattern(model)
-    if hasattr(run.method, "budget_history"):
-        result["budget_history"] = run.method.budget_history()
-    if hasattr(run.method, "export"):
-        run.method.export(model, run.out_dir)
+    # optional hooks: rank allocation of adaptive methods, exports such as a PEFT adapter
+    pattern, budget_history = run.method.rank_pattern(model), run.method.budget_history()
+    if pattern is not None:
+        result["rank_pattern"] = pattern
+    if budget_history is not None:
+        result["budget_history"] = budget_history
+    run.method.export(model, run.out_dir)
     run.tracker.summary(
         {"params/" + k: v for k, v in result["params"].items()}
         | {"best/" + k: v for k, v in result["best"].items()}
