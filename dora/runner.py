@@ -1,9 +1,8 @@
 """One run: build (task, backbone, method) -> train -> evaluate -> write result.json.
 
 The runner names no method and no task: it calls them only through their contracts
-(dora.methods.base.Method, tasks.base.Task). Order of one optimizer step (spec §5):
-forward -> loss = task + extra -> backward -> clip -> optimizer.step -> scheduler.step
--> method.after_optimizer_step (gradients still there) -> zero_grad.
+(dora.methods.base.Method, tasks.base.Task). One optimizer step is dora.step.train_step (its order is
+documented there); evaluation is tasks.base.evaluate_split, one split at a time.
 
 Reliability (dora/checkpoint.py, dora/rundir.py): a checkpoint every ``trainer.checkpoint_every``
 optimizer steps and at every epoch end; re-running with the same ``output_dir`` resumes from the newest
@@ -19,7 +18,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -39,8 +38,9 @@ from dora.errors import UserError
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
 from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
+from dora.step import train_step
 from dora.tracking import make_tracker
-from tasks import Task, build_task
+from tasks import Task, build_task, evaluate_split
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()  # tokenisation bars drown the training bar
@@ -185,7 +185,7 @@ def make_accelerator(trainer) -> Accelerator:
 def build(cfg: RunConfig, out_dir: Path) -> Run:
     trainer = cfg.trainer
     set_threads(trainer.threads)  # before tokenisation and the model build
-    task = build_task(replace(cfg.task), cfg.data_dir)  # a copy: a task may rewrite its splits
+    task = build_task(cfg.task, cfg.data_dir)
     task.check_data()  # before any download or model build
     method = build_method(cfg.method, cfg.budget)
     accelerator = make_accelerator(trainer)
@@ -198,7 +198,7 @@ def build(cfg: RunConfig, out_dir: Path) -> Run:
     for name, split in {"train": data.train, **data.evals}.items():
         if len(split) == 0:
             what = "training" if name == "train" else f"{name}"
-            raise UserError(f"task={task.cfg.name}: the {what} split {task.cfg.splits[name]!r} is empty")
+            raise UserError(f"task={task.cfg.name}: the {what} split {task.splits[name]!r} is empty")
     trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
@@ -296,25 +296,19 @@ def epoch_batches(run: Run):
 
 
 def micro_step(run: Run, batch: dict) -> bool:
-    """Forward and backward of one micro-batch; on the last of an accumulation, the optimizer step and
-    the method's schedule. Returns whether an optimizer step happened."""
+    """One micro-batch through the training step (dora/step.py), then the runner's bookkeeping: loss
+    sums, samples, the non-finite check, Σ lr, the step count. Returns whether an optimizer step happened."""
     acc, p = run.accelerator, run.progress
     with acc.accumulate(run.model):
-        loss = run.model(**batch).loss
-        extra = run.method.extra_loss(acc.unwrap_model(run.model), p.step + 1)
-        acc.backward(loss if extra is None else loss + extra)
-        run.meter.add(loss, extra)
-        p.samples += batch["input_ids"].shape[0]
-        if not acc.sync_gradients:
-            return False
-        grad_norm = acc.clip_grad_norm_(run.model.parameters(), run.cfg.trainer.max_grad_norm)
-        run.meter.flag(p.step + 1, grad_norm)
-        p.lr_sum += run.scheduler.get_last_lr()[0]  # the rate this step used
-        run.optimizer.step()
-        run.scheduler.step()
-        p.step += 1
-        run.scalars = run.method.after_optimizer_step(p.step, run.total_steps)
-        run.optimizer.zero_grad(set_to_none=True)
+        out = train_step(run, batch, p.step + 1, run.cfg.trainer.max_grad_norm, acc)
+    run.meter.add(out.loss, out.extra)
+    p.samples += batch["input_ids"].shape[0]
+    if not out.stepped:
+        return False
+    run.meter.flag(p.step + 1, out.grad_norm)
+    p.lr_sum += out.lr
+    p.step += 1
+    run.scalars = out.scalars
     return True
 
 
@@ -350,7 +344,7 @@ def evaluate(run: Run) -> dict:
     t = time.perf_counter()
     metrics: dict[str, float] = {}
     for split, loader in run.eval_loaders.items():
-        metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
+        metrics.update(evaluate_split(run.task, run.model, loader, run.accelerator, split))
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         raise Diverged(
@@ -530,13 +524,13 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "distributed": distributed,
         "env": environment(str(run.accelerator.device)),
     }
-    # optional hooks (design.md): rank allocation of adaptive methods, exports such as a PEFT adapter
-    if hasattr(run.method, "rank_pattern"):
-        result["rank_pattern"] = run.method.rank_pattern(model)
-    if hasattr(run.method, "budget_history"):
-        result["budget_history"] = run.method.budget_history()
-    if hasattr(run.method, "export"):
-        run.method.export(model, run.out_dir)
+    # optional hooks: rank allocation of adaptive methods, exports such as a PEFT adapter
+    pattern, budget_history = run.method.rank_pattern(model), run.method.budget_history()
+    if pattern is not None:
+        result["rank_pattern"] = pattern
+    if budget_history is not None:
+        result["budget_history"] = budget_history
+    run.method.export(model, run.out_dir)
     run.tracker.summary(
         {"params/" + k: v for k, v in result["params"].items()}
         | {"best/" + k: v for k, v in result["best"].items()}

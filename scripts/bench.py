@@ -3,9 +3,9 @@
     python scripts/bench.py --device cpu --model roberta_base --methods lora,dora --rank 12 --steps 12 \
         --warmup 2 --threads 1 --out results/bench/cpu.json
 
-One step is exactly the runner's (dora/runner.py): forward -> loss + method.extra_loss -> backward ->
-clip -> optimizer.step -> scheduler.step -> method.after_optimizer_step -> zero_grad, through the
-Method contract only. ``--rank`` is LoRA's rank and the *initial* rank r' of DynDoRA and AdaLoRA, so the
+One step is the runner's own function (dora.step.train_step): forward -> loss + method.extra_loss ->
+backward -> clip -> optimizer.step -> scheduler.step -> method.after_optimizer_step -> zero_grad, through
+the Method contract only. ``--rank`` is LoRA's rank and the *initial* rank r' of DynDoRA and AdaLoRA, so the
 methods are compared at equal size; the adapters get ``budget.rank = --rank``.
 
 How it measures (so that a busy, shared machine still gives a fair comparison):
@@ -57,6 +57,7 @@ from transformers import (  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+from dora import step as dora_step  # noqa: E402
 from dora.cli import compose_config  # noqa: E402
 from dora.config import BudgetConfig  # noqa: E402
 from dora.methods import Method, TaskInfo, build_method  # noqa: E402
@@ -172,18 +173,9 @@ def make_batches(bb: Backbone, n: int, batch: int, seq: int, tgt: int, device: s
 
 # -- the step --------------------------------------------------------------------------------------
 def train_step(b: Bench, batch: dict, autocast) -> None:
-    """One optimizer step in the runner's order, through the Method contract only."""
-    step = b.step + 1
-    with autocast():
-        loss = b.model(**batch).loss
-    extra = b.method.extra_loss(b.model, step)
-    (loss if extra is None else loss + extra).backward()
-    torch.nn.utils.clip_grad_norm_(b.params, 1.0)
-    b.optimizer.step()
-    b.scheduler.step()
-    b.method.after_optimizer_step(step, b.total_steps)
-    b.optimizer.zero_grad(set_to_none=True)
-    b.step = step
+    """One optimizer step: the runner's own (dora.step.train_step), gradient norm clipped at 1."""
+    dora_step.train_step(b, batch, b.step + 1, 1.0, autocast=autocast)
+    b.step += 1
 
 
 def sync(device: str) -> None:

@@ -5,9 +5,9 @@ from dora.registry import Registry, import_submodules
 
 TASKS = Registry("task", TaskConfig)
 
-from tasks.base import Task, TaskData  # noqa: E402
+from tasks.base import Task, TaskData, evaluate_split  # noqa: E402
 
-__all__ = ["TASKS", "Task", "TaskData", "build_task"]
+__all__ = ["TASKS", "Task", "TaskData", "build_task", "evaluate_split"]
 
 
 def build_task(cfg, data_dir) -> Task:

@@ -353,7 +353,7 @@ def test_minilm_peft_export_reproduces_the_dev_metric(tmp_path, data_dir):
     from torch.utils.data import DataLoader
 
     from dora.models import load_backbone
-    from tasks import build_task
+    from tasks import build_task, evaluate_split
     from tests.helpers import compose, run_inprocess
 
     args = ["task=rte", "method=dora", "model=minilm", f"data_dir={data_dir}", "trainer.max_steps=12"]
@@ -365,8 +365,7 @@ def test_minilm_peft_export_reproduces_the_dev_metric(tmp_path, data_dir):
     model = PeftModel.from_pretrained(backbone.model, tmp_path / "run" / "peft_lora").eval()
     dev = task.load(backbone.tokenizer, 64).evals["dev"]
     loader = DataLoader(dev, 32, collate_fn=task.collator(backbone.tokenizer))
-    with torch.no_grad():
-        metrics = task.evaluate(model, loader, Accelerator(cpu=True), "dev")
+    metrics = evaluate_split(task, model, loader, Accelerator(cpu=True), "dev")
     assert metrics == r["metrics"]
 
 

@@ -1,12 +1,13 @@
 """DynDoRA's fused CPU layer (issue 17, item 9) against the composed ops it replaces.
 
 The reference is the layer's forward before the change (nn.Dropout, F.linear, addmm), kept here
-verbatim. A training run through the runner's step order (tiny RoBERTa, dropout on everywhere, pruning
+verbatim. A training run through the runner's own step (tiny RoBERTa, dropout on everywhere, pruning
 events included) must give bit-identical losses, weights, method state and RNG stream."""
 
 from __future__ import annotations
 
 import types
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 from dora.methods import TaskInfo, build_method
 from dora.methods.dyndora.layer import DynDoRALinear, _AdaptedLinearCPU
 from dora.models import load_backbone
+from dora.step import train_step
 from tests.helpers import compose
 
 
@@ -39,10 +41,12 @@ def build(steps: int, *overrides: str):
 
 
 def train(model, method, steps: int, seed: int = 7):
-    """The runner's step: forward, + DEM, backward, clip, AdamW, schedule, pruning hook, zero_grad."""
+    """The runner's own step (dora.step.train_step): forward, + DEM, backward, clip, AdamW, schedule,
+    pruning hook, zero_grad."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=4e-3, weight_decay=0.01)
-    sched = get_linear_schedule_with_warmup(opt, 2, steps)
+    trainee = SimpleNamespace(model=model, method=method, optimizer=opt, total_steps=steps,
+                              scheduler=get_linear_schedule_with_warmup(opt, 2, steps))  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     losses = []
@@ -52,15 +56,8 @@ def train(model, method, steps: int, seed: int = 7):
         mask = torch.ones_like(ids)
         mask[1, n // 2 :] = 0
         labels = torch.randint(0, 2, (4,), generator=g)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        extra = method.extra_loss(model, step)
-        (loss if extra is None else loss + extra).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        method.after_optimizer_step(step, steps)
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        losses.append(train_step(trainee, batch, step, max_grad_norm=1.0).loss.item())
     return losses, torch.rand(4)  # the next random numbers: the dropout draws consumed alike
 
 
