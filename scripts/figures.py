@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -27,16 +26,11 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tables import PAPER, cfg_get, paper_eta, scan  # noqa: E402
 
-# rank_pattern module suffix (RoBERTa/BERT names) -> the paper's row name, in Figure 2's order
-MATRICES = {
-    "attention.self.query": "Wq",
-    "attention.self.key": "Wk",
-    "attention.self.value": "Wv",
-    "attention.output.dense": "Wo",
-    "intermediate.dense": "Wf1",
-    "output.dense": "Wf2",
-}
-LAYER = re.compile(r"layer\.(\d+)\.(.+)$")
+from dora import families  # noqa: E402
+from dora.families import ENCODER_MATRICES  # noqa: E402
+
+# Figure 2's rows, as the paper labels the six matrices of an encoder layer (dora.families)
+MATRICES = list(ENCODER_MATRICES.values())
 KNOB_LABELS = {"method.init_ratio": "b(0) / b(T)", "method.dem_coef": "η (DEM coefficient)"}
 
 
@@ -50,18 +44,12 @@ def save(fig, out: Path, stem: str) -> None:
 
 # -- Figure 2 -----------------------------------------------------------------------------------------
 def rank_grid(rank_pattern: dict) -> np.ndarray | None:
-    """(6 matrices, layers) active components, or None for names that are not RoBERTa/BERT-style."""
-    cells = {}
-    for name, active in rank_pattern.items():
-        m = LAYER.search(name)
-        if not m or m.group(2) not in MATRICES:
-            return None
-        cells[(list(MATRICES).index(m.group(2)), int(m.group(1)))] = active
-    layers = 1 + max(layer for _, layer in cells)
-    grid = np.full((len(MATRICES), layers), np.nan)
-    for (row, layer), active in cells.items():
-        grid[row, layer] = active
-    return grid
+    """(6 matrices, layers) active components of an encoder run, or None for other names (BART's)."""
+    try:
+        grid = families.rank_grid(rank_pattern)
+    except ValueError:
+        return None
+    return grid.values if grid.rows == MATRICES else None
 
 
 def fig2_runs(runs: list[dict], model: str) -> dict[int, list[np.ndarray]]:
@@ -84,10 +72,7 @@ def _close(a, b) -> bool:
 
 def paper_fig2() -> dict[int, np.ndarray]:
     df = pd.read_csv(PAPER / "fig2.csv")
-    return {
-        int(b): g.set_index("matrix").loc[list(MATRICES.values())].to_numpy(float)
-        for b, g in df.groupby("budget")
-    }
+    return {int(b): g.set_index("matrix").loc[MATRICES].to_numpy(float) for b, g in df.groupby("budget")}
 
 
 def _heatmap(ax, grid: np.ndarray, title: str, vmax: float | None = None):
@@ -96,7 +81,7 @@ def _heatmap(ax, grid: np.ndarray, title: str, vmax: float | None = None):
     for (i, j), v in np.ndenumerate(grid):
         if not np.isnan(v):
             ax.text(j, i, f"{v:.1f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=6, color="w")
-    ax.set_yticks(range(len(MATRICES)), list(MATRICES.values()))
+    ax.set_yticks(range(len(MATRICES)), MATRICES)
     ax.set_xticks(range(grid.shape[1]), [str(i + 1) for i in range(grid.shape[1])], fontsize=7)
     ax.set_title(title, fontsize=9)
     return image
@@ -115,7 +100,7 @@ def figure2(runs: list[dict], model: str, out: Path) -> bool:
         axes[1, k].set_axis_off() if b not in paper else _heatmap(axes[1, k], paper[b], f"paper, b(T)={b}")
         rows += [
             {"budget": b, "matrix": m, **{f"L{i + 1}": v for i, v in enumerate(row)}}
-            for m, row in zip(MATRICES.values(), mean, strict=True)
+            for m, row in zip(MATRICES, mean, strict=True)
         ]
     fig.supxlabel("layer")
     save(fig, out, "fig2")

@@ -265,7 +265,7 @@ def heatmap(results: list[dict], out: Path) -> bool:
             image = _heatmap(axes[i, j], mean, f"{METHODS[m]}, {col.title} ({len(found)} seeds)", vmax)
             rows += [
                 {"method": m, "task": col.task, "matrix": name, **{f"L{k + 1}": v for k, v in enumerate(row)}}
-                for name, row in zip(MATRICES.values(), mean, strict=True)
+                for name, row in zip(MATRICES, mean, strict=True)
             ]
     fig.suptitle("all-MiniLM-L6-v2, b(T) = 2: final rank per matrix and layer (mean over seeds)", fontsize=10)
     fig.supxlabel("layer")

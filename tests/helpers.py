@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,14 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python scripts/<script> ARGS`` from the repository root, importing this checkout's packages as
+    an editable install of it does (PYTHONPATH: the interpreter may have another checkout installed)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, f"scripts/{script}", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def cli_inprocess(capsys, *args: str) -> tuple[int, str]:

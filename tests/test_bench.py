@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 
-from tests.helpers import REPO
+from tests.helpers import REPO, run_script
 
 TINY = ["--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq-len", "16"]
 TINY += ["--threads", "1", "--component-reps", "2"]
@@ -37,9 +36,8 @@ def check_rows(result: dict, methods: list[str]) -> None:
 def test_cli_lora_dora_writes_json_and_table(tmp_path):
     """The issue's command, on a tiny BART (seq2seq head): JSON per method, ratio in the table."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "scripts/bench.py", *TINY, "--model", "tiny_bart", "--methods", "lora,dora",
-           "--rank", "3", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    args = [*TINY, "--model", "tiny_bart", "--methods", "lora,dora", "--rank", "3", "--out", str(out)]
+    proc = run_script("bench.py", *args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     check_rows(result, ["lora", "dora"])

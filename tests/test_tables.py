@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import REPO, compose
+from tests.helpers import REPO, compose, run_script
 
 sys.path.insert(0, str(REPO / "scripts"))
 import figures  # noqa: E402
@@ -168,8 +167,9 @@ def test_table2_md_shows_the_papers_value_beside_ours(tables):
 
 
 def test_the_command_line_on_the_fixture(runs, tmp_path):
-    cmd = [sys.executable, "scripts/make_tables.py", "--runs", str(runs), "--out", str(tmp_path)]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    done = run_script("make_tables.py", "--runs", str(runs), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "9 runs ok, 1 failed, 1 incomplete" in out and "table2.md" in out
 
 

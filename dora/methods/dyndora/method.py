@@ -36,7 +36,7 @@ from dora.methods.base import Method
 from dora.methods.dyndora import api
 from dora.methods.dyndora.allocator import Schedule
 from dora.methods.dyndora.api import DynDoRAController, check_knobs, initial_rank
-from dora.methods.dyndora.export import PEFT_TASK_TYPES, save_heatmap
+from dora.methods.dyndora.export import save_heatmap
 from dora.models import adapted_linears
 
 __all__ = ["DynDoRA", "DynDoRAConfig", "initial_rank"]
@@ -217,7 +217,7 @@ class DynDoRA(Method):
     def export(self, model: nn.Module, out_dir: str | Path) -> None:
         """``peft_lora/`` (standard PEFT LoRA adapter) and ``rank_heatmap.png`` in the run folder."""
         out_dir = Path(out_dir)
-        self.controller.export_peft(out_dir / "peft_lora", task_type=PEFT_TASK_TYPES.get(self.info.head))
+        self.controller.export_peft(out_dir / "peft_lora")  # PEFT task type from the head's model class
         save_heatmap(self.rank_pattern(model), self.r_init, out_dir / "rank_heatmap.png")
 
     def merge(self, model: nn.Module) -> nn.Module:
