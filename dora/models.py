@@ -58,8 +58,8 @@ def fits(family: str, head: str) -> bool:
 
 def offline_hint(head: str) -> str:
     """The offline alternatives that can build ``head`` (no encoder-only model for a seq2seq task)."""
-    families = model_families()
-    models = [f"model={m} ({why})" for m, why in OFFLINE_MODELS.items() if fits(families[m], head)]
+    family = model_families()
+    models = [f"model={m} ({why})" for m, why in OFFLINE_MODELS.items() if fits(family[m], head)]
     return f"offline alternatives: {', '.join(models)}, or model.path=/a/local/model/dir"
 
 
