@@ -118,6 +118,19 @@ register(
     )
 )
 
+register(
+    Family(
+        "deberta",  # DeBERTa-v2/v3 (model_type deberta-v2): q, k, v are *_proj; ContextPooler before classifier
+        "DebertaV2Config",
+        layer=r"\.layer\.(?P<layer>\d+)\.",
+        matrices={f"attention.self.{m}_proj": w for m, w in (("query", "Wq"), ("key", "Wk"), ("value", "Wv"))}
+        | {"attention.output.dense": "Wo", "intermediate.dense": "Wf1", "output.dense": "Wf2"},
+        attention_output="attention.output.dense",
+        ffn_output="output.dense",
+        pooler="pooler",
+    )
+)
+
 
 def family_of(names) -> Family:
     """The first family whose adapted matrices include every name (roberta and bert share names)."""
