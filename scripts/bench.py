@@ -49,9 +49,6 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
-
 from dora import families  # noqa: E402
 from dora.cli import compose_config  # noqa: E402
 from dora.config import BudgetConfig  # noqa: E402
@@ -59,6 +56,8 @@ from dora.methods import Method, TaskInfo, build_method  # noqa: E402
 from dora.methods.dyndora.method import initial_rank  # noqa: E402
 from dora.models import load_backbone  # noqa: E402
 from dora.results import atomic_write_text, environment  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 ALL_METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora")
 # Opt-in variants, benched only when named in --methods: name -> (method, config overrides)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +36,10 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python scripts/<script> ARGS`` from the repository root, importing this checkout's packages as
-    an editable install of it does (PYTHONPATH: the interpreter may have another checkout installed)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    """``python scripts/<script> ARGS`` from the repository root, as a user runs it (tests/conftest.py
+    points PYTHONPATH at this checkout)."""
     cmd = [sys.executable, f"scripts/{script}", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def cli_inprocess(capsys, *args: str) -> tuple[int, str]:

@@ -3,24 +3,15 @@ No timing assertions: speed is judged from results/bench/*.json, never from a te
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
-from tests.helpers import REPO, run_script
+from scripts import bench
+from tests.helpers import run_script
 
 TINY = ["--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq-len", "16"]
 TINY += ["--threads", "1", "--component-reps", "2"]
 ROW_KEYS = {"median_step_s", "samples_per_s", "peak_mem_mb", "static_mem_mb", "step_peak_mem_mb",
             "step_ratio_to_lora", "paired_step_ratio_to_lora", "peak_mem_ratio_to_lora", "trainable_params"}  # fmt: skip
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def check_rows(result: dict, methods: list[str]) -> None:
@@ -51,7 +42,6 @@ def test_cli_lora_dora_writes_json_and_table(tmp_path):
 
 def test_every_method_in_process(tmp_path):
     """All seven methods through the Method contract; r' = --rank for DynDoRA and AdaLoRA."""
-    bench = load_bench()
     out = tmp_path / "all.json"
     result = bench.main([*TINY, "--model", "tiny_roberta", "--rank", "4", "--out", str(out)])
     check_rows(result, list(bench.ALL_METHODS))
@@ -61,7 +51,6 @@ def test_every_method_in_process(tmp_path):
 
 def test_rank_mapping_gives_equal_initial_rank():
     """--rank = LoRA's r = the initial rank r' of DynDoRA and AdaLoRA (equal size at the start)."""
-    bench = load_bench()
     for rank in (1, 2, 3, 4, 8, 12, 24):
         for name in ("dora", "adalora"):
             cfg, budget = bench.method_configs(name, rank)

@@ -6,18 +6,14 @@ import csv
 import itertools
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from dora.families import ENCODER_MATRICES
+from scripts import grid, mini_table
 from tests.helpers import REPO, compose, run_cli, run_script
-
-sys.path.insert(0, str(REPO / "scripts"))
-import grid  # noqa: E402
-import mini_table  # noqa: E402
 
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
 METHODS = ["dora", "adalora", "lora", "bitfit", "full"]

@@ -4,19 +4,16 @@ a later run reads through ${tuned:}."""
 from __future__ import annotations
 
 import json
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from scripts import grid, tune
 from tests.helpers import compose
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import grid  # noqa: E402
-import tune  # noqa: E402
 
 TINY = [
     "data_dir=" + str(REPO / "data" / "demo"), "task.splits.train=train:0:32", "task.splits.dev=dev:0:32",
