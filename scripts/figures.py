@@ -113,8 +113,8 @@ def paper_fig2() -> dict[int, RankGrid]:
     df = pd.read_csv(PAPER / "fig2.csv")
     grids = {}
     for b, g in df.groupby("budget"):
-        values = g.set_index("matrix").loc[MATRICES].to_numpy(float)
-        grids[int(b)] = RankGrid(MATRICES, [str(i + 1) for i in range(values.shape[1])], values)
+        layers = g.drop(columns="budget").set_index("matrix").loc[MATRICES]  # columns L1, L2, ...
+        grids[int(b)] = RankGrid(MATRICES, [c[1:] for c in layers.columns], layers.to_numpy(float))
     return grids
 
 

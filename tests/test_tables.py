@@ -320,3 +320,11 @@ def test_rank_maps_draw_each_runs_final_ranks_with_the_one_heatmap(tmp_path):
     ]
     grid = figures.rank_grid(RunRecord.from_result({"rank_pattern": bart}, "bart"))
     assert len(grid.rows) == 10 and grid.cols == ["enc1", "dec1"]
+
+
+def test_the_papers_figure2_panels_are_its_twelve_layers():
+    """results/paper/fig2.csv's L1..L12 (its budget column is not a layer)."""
+    paper = figures.paper_fig2()
+    assert sorted(paper) == [2, 4, 8, 16]
+    assert paper[2].cols == [str(i) for i in range(1, 13)] and paper[2].values.shape == (6, 12)
+    assert paper[2].values[0, 0] == 3 and paper[8].values[0, 0] == 11  # Wq, layer 1
