@@ -1,15 +1,14 @@
-"""DynDoRA outputs: a standard PEFT LoRA adapter (``peft_lora/``) and the Figure-2 rank heatmap."""
+"""DynDoRA's output: a standard PEFT LoRA adapter (``peft_lora/``). Rank heatmaps are drawn by
+scripts/figures.py from result.json's rank_pattern."""
 
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dora.families import rank_grid
 from dora.methods.dyndora.layer import DynDoRAConv1D, DynDoRALinear, unwrap
 
 
@@ -78,28 +77,3 @@ def export_peft(model: nn.Module, layers: dict[str, DynDoRALinear], out: Path, a
             target.lora_B["default"].weight.copy_(b)
     peft_model.save_pretrained(str(out))
     return config
-
-
-# -- Figure 2: active components per (matrix type × layer) ---------------------------------------
-def save_heatmap(pattern: dict[str, int], r_init: int, path: Path) -> None:
-    """Figure-2-style heatmap of the final active components, written with the Agg canvas (no pyplot)."""
-    from matplotlib.figure import Figure
-
-    rows, cols, grid = rank_grid(pattern)
-    grid = grid.tolist()
-    values = [v for row in grid for v in row if not math.isnan(v)]
-    fig = Figure(figsize=(max(6.0, 0.6 * len(cols) + 2), max(3.0, 0.45 * len(rows) + 1.5)))
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=r_init)
-    fig.colorbar(image, ax=ax, label="active components")
-    ax.set_xticks(range(len(cols)), labels=cols)
-    ax.set_yticks(range(len(rows)), labels=rows)
-    ax.set_xlabel("layer")
-    ax.set_title(f"DynDoRA rank distribution: mean {sum(values) / max(len(values), 1):.2f}, r' = {r_init}")
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            if not math.isnan(v):
-                color = "black" if v > 0.6 * r_init else "white"  # readable on viridis' light end
-                ax.text(j, i, f"{int(v)}", ha="center", va="center", color=color, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
