@@ -71,7 +71,7 @@ def mean_grid(grids: list[RankGrid]) -> RankGrid:
 
 
 def rank_maps(runs: list[RunRecord], out: Path) -> list[str]:
-    """ranks_<run folder>: one figure per run with a rank pattern, colour scale 0..r' (its largest rank)."""
+    """ranks_<run folder>: one figure per run with a rank pattern, colour scale 0..its largest rank."""
     written = []
     for r in runs:
         grid = rank_grid(r)
