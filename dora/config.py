@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 
 from dora.errors import UserError, one_line
+from dora.families import FAMILIES
 from dora.registry import store_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -30,7 +31,9 @@ class ModelConfig:
     all-MiniLM-L6-v2) or tiny (random init from ``tiny`` sizes, tokenizer built locally)."""
 
     name: str = MISSING
-    family: str = MISSING  # roberta | bert | bart: decides which matrices are adapted
+    family: str = (
+        MISSING  # a dora.families entry (roberta, bert, bart, ...): decides which matrices are adapted
+    )
     source: str = "hub"
     path: str | None = None
     tiny: dict[str, int] = field(default_factory=dict)
@@ -38,8 +41,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.source not in ("hub", "package", "tiny"):
             raise ValueError(f"model.source={self.source!r}; valid: hub, package, tiny")
-        if self.family not in ("roberta", "bert", "bart"):
-            raise ValueError(f"model.family={self.family!r}; valid: bart, bert, roberta")
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family={self.family!r}; valid: {', '.join(sorted(FAMILIES))}")
 
 
 @dataclass

@@ -32,8 +32,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dora.config import pick  # noqa: E402
+from dora.config import pick
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

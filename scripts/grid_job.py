@@ -23,12 +23,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
+import dora.cli  # noqa: F401  (as run.py: the config schemas and resolvers Hydra composes with)
+
 # Self-contained on purpose: launchers (submitit) unpickle this script's functions in processes where
 # scripts/ is not importable, so nothing here may come from scripts/grid.py.
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import dora.cli  # noqa: E402, F401  (as run.py: the config schemas and resolvers Hydra composes with)
-
 log = logging.getLogger("grid")
 
 

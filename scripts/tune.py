@@ -14,7 +14,6 @@ A failed run (e.g. diverged at a high rate) counts as a failed rate, never as a 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import grid  # noqa: E402
-
-from dora.config import tuned_dir  # noqa: E402
+from dora.config import tuned_dir
+from dora.records import RunRecord
+from scripts import grid
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,11 +33,6 @@ def overrides(a: argparse.Namespace, extra: list[str]) -> list[str]:
         f"model={a.model}", f"method={a.method}", f"task={a.task}",
         f"trainer.lr={a.lrs}", f"seed={a.seeds}", *extra,
     ]  # fmt: skip
-
-
-def score(result: dict, protocol: str) -> float | None:
-    source = result["best"] if protocol == "best" else result["metrics"]
-    return source.get(result["headline"])
 
 
 def collect(runs: list[grid.Run], protocol: str) -> tuple[dict[float, dict], str | None]:
@@ -54,11 +46,11 @@ def collect(runs: list[grid.Run], protocol: str) -> tuple[dict[float, dict], str
         if not path.is_file():
             entry["failed" if (run.folder / "failure.json").is_file() else "missing"] += 1
             continue
-        result = json.loads(path.read_text())
-        headline = result["headline"]
-        entry["scores"].append(score(result, protocol))
-        entry["seeds"].append(result["seed"])
-        entry["degenerate"] += bool(result.get("degenerate"))
+        r = RunRecord.read(run.folder)
+        headline = r.headline
+        entry["scores"].append(r.value(headline, protocol))
+        entry["seeds"].append(r.seed)
+        entry["degenerate"] += bool(r.degenerate)
     return dict(sorted(per_lr.items())), headline
 
 

@@ -35,6 +35,13 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python scripts/<script> ARGS`` from the repository root, as a user runs it (tests/conftest.py
+    points PYTHONPATH at this checkout)."""
+    cmd = [sys.executable, f"scripts/{script}", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
 def cli_inprocess(capsys, *args: str) -> tuple[int, str]:
     """What ``python run.py ARGS`` does (preflight, compose, run), in this process: (exit code, stderr)."""
     from dora.cli import preflight, run_job

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from dora.config import TrainerConfig
 from dora.methods import METHODS, TaskInfo, build_method
+from dora.methods._peft import PeftMethod
 from dora.methods.base import is_head
 from dora.models import adapted_linears, load_backbone
 from dora.results import save_tensors
@@ -36,6 +37,7 @@ from dora.step import train_step
 MODELS = ("tiny_roberta", "tiny_bart")
 STEPS = 6  # T of the matrix runs: long enough for every schedule to finish its allocation
 MATRIX = [(m, b) for m in METHODS.names() for b in MODELS]
+PEFT_METHODS = [e.name for e in METHODS if issubclass(e.cls, PeftMethod)]  # LoRA, AdaLoRA, ...
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 # PEFT checks rank_pattern keys against module names, but AdaLoRA's own keys name parameters
 # ("<module>.lora_E"), so loading any saved AdaLoRA adapter warns about every key: a false alarm
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys did not match:RuntimeWarning")
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize("method", PEFT_METHODS)
 @pytest.mark.parametrize("model", MODELS)
 def test_peft_export_reloads_with_head(method, model, tmp_path):
     """``export`` writes a folder plain PEFT reloads, trained head included (pitfalls #4, #12)."""

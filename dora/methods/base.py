@@ -17,7 +17,7 @@ class TaskInfo:
 
     name: str  # task name, e.g. "rte"
     head: str  # seq_cls | regression | qa | seq2seq
-    family: str  # roberta | bert | bart
+    family: str  # the backbone's family (dora.families): roberta, bert, bart, ...
     head_prefixes: tuple[str, ...]  # parameter-name prefixes of the task head (trained, not counted)
     total_steps: int  # T: optimizer steps of the whole run (per process)
 
