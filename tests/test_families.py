@@ -9,9 +9,9 @@ width, and the Figure-2 grid all follow from the entry.
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
 from dora import families
+from dora.errors import UserError
 from dora.families import Family
 from dora.models import adapted_linears, load_backbone
 from tests.helpers import compose, run_inprocess
@@ -51,7 +51,7 @@ def short_run(tmp_path, data_dir, *overrides: str) -> dict:
 
 
 def backbone(*overrides: str):
-    cfg = OmegaConf.to_object(compose("task=rte", *overrides).model)
+    cfg = compose("task=rte", *overrides).model
     return load_backbone(cfg, "seq_cls", 2)
 
 
@@ -96,5 +96,5 @@ def test_a_registered_toy_family_needs_nothing_else(distilbert, tmp_path, data_d
 
 
 def test_unknown_family_is_one_line_naming_the_valid_ones():
-    with pytest.raises(ValueError, match=r"model.family='gpt9'; valid: bart, bert, deberta, roberta"):
-        OmegaConf.to_object(compose("task=rte", "model.family=gpt9").model)
+    with pytest.raises(UserError, match=r"model.family=.gpt9.; valid: bart, bert, deberta, roberta"):
+        compose("task=rte", "model.family=gpt9")
