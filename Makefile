@@ -161,16 +161,16 @@ study-pilot: install ## MiniLM study pilots after stage 1: DynDoRA CoLA, eta = 0
 STUDY_TASKS ?= cola mrpc sst2 stsb
 STUDY_LRS_lora ?= 3e-4,1e-3,3e-3
 STUDY_LRS_adalora ?= 1e-3,3e-3,1e-2
-STUDY_LRS_dora ?= 1e-3,3e-3,1e-2
-STUDY3 = trainer.max_steps=2000 trainer.eval_every=250 trainer.batch_size=16 trainer.weight_decay=0.01 \
-  trainer.warmup_ratio=0.06 trainer.max_length=128 trainer.group_by_length=true trainer.checkpoint_every=200
+# DynDoRA one step lower than the issue's {1e-3, 3e-3, 1e-2}: the pilots left CoLA at MCC 0 at 3e-3 (with and
+# without DEM) and 1e-2 (stage 1), and learned it at 1e-3 (README "MiniLM study").
+STUDY_LRS_dora ?= 3e-4,1e-3,3e-3
 .PHONY: study2 study3
 study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (36 CPU runs)
-	@set -e; for m in lora adalora dora; do for t in $(STUDY_TASKS); do \
+	@set -e; for m in dora lora adalora; do for t in $(STUDY_TASKS); do \
 	  lrs=$$(case $$m in lora) echo "$(STUDY_LRS_lora)";; adalora) echo "$(STUDY_LRS_adalora)";; *) echo "$(STUDY_LRS_dora)";; esac); \
 	  OMP_NUM_THREADS=1 $(PY) scripts/tune.py --model minilm --method $$m --task $$t --lrs $$lrs --seeds 0 \
-	    --runs $(STUDY_RUNS)/stage2 --jobs $(MINI_JOBS) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) \
-	    logger=none trainer.progress=false $(STUDY3) $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS); \
+	    --experiment study2 --runs $(STUDY_RUNS)/stage2 --jobs $(MINI_JOBS) $(if $(DRY_RUN),--dry-run) -- \
+	    data_dir=$(DATA_DIR) logger=none trainer.progress=false $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS); \
 	done; done
 
 study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report

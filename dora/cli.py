@@ -24,14 +24,21 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+import dora.methods  # noqa: F401  (the plug-ins register themselves, their config schemas included)
+import tasks  # noqa: F401
 from dora import rundir
 from dora.argcheck import group_options
-from dora.config import CONFIG_DIR, GROUPS, register_configs, validate
+from dora.config import CONFIG_DIR, GROUPS, RunConfig, register_resolvers
 from dora.errors import UserError, choices, one_line
+from dora.registry import store_schemas_in_hydra
 from dora.rundir import check_output_dir
 
-RUN_GROUPS = ("model", "task", "method", "budget", "trainer", "logger")  # the groups a run reads
 log = logging.getLogger(__name__)
+
+# Hydra composes in this process from here on (run.py, scripts/grid_job.py and the tests import this
+# module first): the schemas announced before Hydra was imported, and the resolvers the YAMLs use.
+store_schemas_in_hydra()
+register_resolvers()
 
 
 def fail(message: str, code: int = 2):
@@ -39,11 +46,11 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    register_configs()
+def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config ``python run.py OVERRIDES`` composes (with Hydra's own ``hydra`` node if asked)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def _prefix(kind: OverrideType) -> str:
@@ -98,17 +105,14 @@ def preflight(argv: list[str]) -> None:
         check_single_run(cfg, explicit_output=any(o.key_or_group == "output_dir" for o in overrides))
 
 
-def checked_config(overrides: list[str], label: str = "") -> DictConfig:
-    """Compose, resolve and validate one combination (the dataclasses' ``__post_init__``), or fail."""
+def checked_config(overrides: list[str], label: str = "") -> RunConfig:
+    """Compose, resolve and convert one combination (the dataclasses' ``__post_init__`` check it), or fail."""
     try:
-        cfg = compose_config(overrides)
-        OmegaConf.to_container(cfg, resolve=True)  # a bad ${pick:...} or ${oc.env:...} fails here
-        validate(cfg, RUN_GROUPS)
+        return RunConfig.from_hydra(compose_config(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         fail(label + explain(e, overrides))
     except UserError as e:
         fail(label + str(e))
-    return cfg
 
 
 SWEEP_PRODUCT_LIMIT = (
@@ -143,7 +147,7 @@ def multirun(argv: list[str]) -> bool:
     return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
 
 
-def check_single_run(cfg: DictConfig, explicit_output: bool) -> None:
+def check_single_run(cfg: RunConfig, explicit_output: bool) -> None:
     """Before Hydra creates the run folder: it must be creatable, and every process of a multi-process
     launch (torchrun, accelerate launch) must name the same one (the default holds a timestamp)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not explicit_output:
@@ -156,25 +160,25 @@ def check_single_run(cfg: DictConfig, explicit_output: bool) -> None:
             # lock first, then look: a refused process writes nothing (Hydra's .hydra/ and run.log
             # come after this), and what the folder holds is judged under the lock
             rundir.claim(cfg.output_dir)
-            check_folder(Path(cfg.output_dir or "."), OmegaConf.to_container(cfg, resolve=True))
+            check_folder(Path(cfg.output_dir or "."), cfg)
     except UserError as e:
         if cfg.output_dir is not None:
             rundir.release(cfg.output_dir)
         fail(str(e))
 
 
-def check_folder(out_dir: Path, config: dict) -> None:
+def check_folder(out_dir: Path, cfg: RunConfig) -> None:
     """Refuse, before Hydra overwrites its .hydra/ files, a folder holding another configuration's run."""
     from dora import checkpoint
 
-    rundir.completed(out_dir, config)
+    rundir.completed(out_dir, cfg)
     newest = checkpoint.latest(out_dir / "checkpoints")
     if newest is not None:
         try:
             old = checkpoint.read_json(newest / "state.json")["config"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # damaged: the run's resume verifies it and falls back
-        rundir.refuse_other_config(out_dir, f"checkpoint {newest.name}", old, config)
+        rundir.refuse_other_config(out_dir, f"checkpoint {newest.name}", old, cfg.as_dict())
 
 
 def process_overrides() -> list[str]:
@@ -218,13 +222,14 @@ def _siblings(key: str, overrides: list[str]) -> list[str]:
 
 
 def run_job(cfg: DictConfig, out_dir: str) -> None:
-    """Hydra task body: run; on bad input print one line, remove the folder if this process created it,
-    exit 2. In a sweep a refused job prints its line and the sweep goes on (listed at the end)."""
+    """Hydra task body: convert the composed config and run; on bad input print one line, remove the
+    folder if this process created it, exit 2. In a sweep a refused job prints its line and the sweep
+    goes on (listed at the end)."""
     from dora.runner import run
 
     claim = rundir.claimed(out_dir)
     try:
-        result = run(cfg, out_dir)
+        result = run(RunConfig.from_hydra(cfg), out_dir)
     except UserError as e:
         if claim is not None and claim.created:  # only what this very process made, never a used folder
             _remove_partial(Path(out_dir))

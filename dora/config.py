@@ -1,12 +1,14 @@
 """Typed schemas (dataclasses) of the Hydra config groups; values live in configs/*.yaml.
 
 Each group YAML starts from its schema (``defaults: [_model, _self_]``), so a typo in a field name or a
-value of the wrong type fails at composition. Methods and tasks register their own schema
-(a subclass of MethodConfig / TaskConfig) next to their code; see ``register_configs``.
+value of the wrong type fails at composition. The schemas below go into Hydra's ConfigStore as this module
+loads (``store_schema``); methods and tasks register their own (a subclass of MethodConfig / TaskConfig)
+next to their code, through dora.registry. This module imports no plug-in.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,8 +16,13 @@ from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
 
+from dora.errors import UserError, one_line
+from dora.families import FAMILIES
+from dora.registry import store_schema
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "task", "method", "budget", "trainer", "logger", "recipe", "experiment", "debug")
+RUN_GROUPS = ("task", "model", "method", "budget", "trainer", "logger")  # a key of their own in the config
 
 
 @dataclass
@@ -24,7 +31,9 @@ class ModelConfig:
     all-MiniLM-L6-v2) or tiny (random init from ``tiny`` sizes, tokenizer built locally)."""
 
     name: str = MISSING
-    family: str = MISSING  # roberta | bert | bart: decides which matrices are adapted
+    family: str = (
+        MISSING  # a dora.families entry (roberta, bert, bart, ...): decides which matrices are adapted
+    )
     source: str = "hub"
     path: str | None = None
     tiny: dict[str, int] = field(default_factory=dict)
@@ -32,8 +41,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.source not in ("hub", "package", "tiny"):
             raise ValueError(f"model.source={self.source!r}; valid: hub, package, tiny")
-        if self.family not in ("roberta", "bert", "bart"):
-            raise ValueError(f"model.family={self.family!r}; valid: bart, bert, roberta")
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family={self.family!r}; valid: {', '.join(sorted(FAMILIES))}")
 
 
 @dataclass
@@ -158,21 +167,44 @@ class LoggerConfig:
             raise ValueError(f"logger.mode={self.mode!r}; valid: auto, offline, online")
 
 
-def validate(cfg, groups) -> dict:
-    """The seed checked and each group config as its dataclass (``__post_init__`` rejects impossible
-    values), or a UserError of one line. Light enough for the CLI's preflight."""
-    from dora.errors import UserError, one_line
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's whole configuration, converted once from the composed Hydra config (``from_hydra``):
+    each group as its dataclass, checked by its ``__post_init__``, and the top-level values. The runner,
+    its checkpoints and the run folder read this, never the Hydra config."""
 
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
-    try:
-        return {g: OmegaConf.to_object(cfg[g]) for g in groups}
-    except (ValueError, TypeError) as e:
-        raise UserError(one_line(e)) from e
+    task: TaskConfig
+    model: ModelConfig
+    method: MethodConfig
+    budget: BudgetConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    seed: int
+    data_dir: str | None
+    output_dir: str | None
+    # the same configuration resolved into plain dicts and lists, keys in composition order (every key,
+    # ``+key=...`` additions included): what result.json, checkpoints and failure.json record
+    resolved: dict = field(repr=False)
+
+    @classmethod
+    def from_hydra(cls, cfg) -> RunConfig:
+        """The composed config (an OmegaConf DictConfig) converted, or a UserError of one line for an
+        impossible value. Light enough for the CLI's preflight."""
+        resolved = OmegaConf.to_container(cfg, resolve=True)  # a bad ${pick:...} or ${oc.env:...} fails here
+        seed = cfg.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise UserError(f"seed={seed!r} is out of range; valid: an integer from 0 to {2**32 - 1}")
+        try:
+            groups = {g: OmegaConf.to_object(cfg[g]) for g in RUN_GROUPS}
+        except (ValueError, TypeError) as e:
+            raise UserError(one_line(e)) from e
+        return cls(**groups, seed=seed, data_dir=cfg.data_dir, output_dir=cfg.output_dir, resolved=resolved)
+
+    def as_dict(self) -> dict:
+        """``resolved``, copied: result.json's ``config``, and what a run folder's earlier run is compared with."""
+        return copy.deepcopy(self.resolved)
 
 
-_REGISTERED = False
 TUNED_DIR = CONFIG_DIR / "tuned"
 
 
@@ -207,33 +239,20 @@ def pick(key, table, default=_NO_DEFAULT):
     raise ValueError(f"pick: no value for {key!r}; the table has {', '.join(map(str, table))}")
 
 
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (group YAMLs extend them). Idempotent."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from hydra.core.config_store import ConfigStore  # here, not at import: dora.dyndora needs no Hydra
+# each group's base schema, ``<group>/_<group>`` in Hydra's ConfigStore (plug-ins add ``_<name>``)
+BASE_SCHEMAS = {
+    "model": ModelConfig,
+    "budget": BudgetConfig,
+    "trainer": TrainerConfig,
+    "logger": LoggerConfig,
+    "task": TaskConfig,
+    "method": MethodConfig,
+}
+for _group, _schema in BASE_SCHEMAS.items():
+    store_schema(_group, f"_{_group}", _schema)
 
-    import dora.methods  # noqa: F401  (self-registering plug-ins)
-    import tasks  # noqa: F401
-    from dora.methods import METHODS
-    from tasks import TASKS
 
+def register_resolvers() -> None:
+    """``${pick:...}`` and ``${tuned:}`` for the YAMLs; the command line registers them (dora.cli)."""
     OmegaConf.register_new_resolver("pick", pick, replace=True)
     OmegaConf.register_new_resolver("tuned", tuned, replace=True)
-    cs = ConfigStore.instance()
-    for group, node in (
-        ("model", ModelConfig),
-        ("budget", BudgetConfig),
-        ("trainer", TrainerConfig),
-        ("logger", LoggerConfig),
-        ("task", TaskConfig),
-        ("method", MethodConfig),
-    ):
-        cs.store(group=group, name=f"_{group}", node=node)
-    for entry in METHODS:
-        cs.store(group="method", name=f"_{entry.name}", node=entry.config)
-    for entry in TASKS:
-        if entry.config is not TaskConfig:
-            cs.store(group="task", name=f"_{entry.name}", node=entry.config)
-    _REGISTERED = True

@@ -1,14 +1,14 @@
 """Backbones: hub ids (default), the pip-packaged all-MiniLM-L6-v2, and tiny random-init models.
 
-Also knows, per architecture family, which parameters form the task head and which linear layers
-the adapter methods target (spec §1), so methods stay architecture-agnostic.
+Builds the model class of each task-head kind (the head-kind table ``HEADS``) and names the parameters
+that form the task head; which linear layers the adapter methods target comes from the backbone's family
+(``dora.families``), so methods stay architecture-agnostic.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -19,12 +19,10 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BartConfig,
     PreTrainedTokenizerFast,
-    RobertaConfig,
 )
 
-from dora import hub
+from dora import families, hub
 from dora.config import ModelConfig
 from dora.errors import UserError
 
@@ -35,9 +33,6 @@ transformers.utils.logging.disable_progress_bar()  # the "Loading weights" bar o
 # PEFT reads this deprecated alias whenever it wraps a model (LoRA, AdaLoRA, DynDoRA's export)
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-# Families whose models have a decoder: only these can generate (head seq2seq). roberta and bert are
-# encoder-only; bart also has classification and QA heads, so it fits every task.
-ENCODER_DECODER = ("bart",)
 # the offline choices (nothing to download) the hub error suggests, where they fit the task
 OFFLINE_MODELS = {
     "minilm": "pretrained, pip-installed",
@@ -57,13 +52,14 @@ def model_families() -> dict[str, str]:
 
 
 def fits(family: str, head: str) -> bool:
-    return head != "seq2seq" or family in ENCODER_DECODER
+    """Only a family with a decoder can generate; encoder-decoders also build every other head."""
+    return not HEADS[head].generates or families.get(family).encoder_decoder
 
 
 def offline_hint(head: str) -> str:
     """The offline alternatives that can build ``head`` (no encoder-only model for a seq2seq task)."""
-    families = model_families()
-    models = [f"model={m} ({why})" for m, why in OFFLINE_MODELS.items() if fits(families[m], head)]
+    family = model_families()
+    models = [f"model={m} ({why})" for m, why in OFFLINE_MODELS.items() if fits(family[m], head)]
     return f"offline alternatives: {', '.join(models)}, or model.path=/a/local/model/dir"
 
 
@@ -78,23 +74,26 @@ def check_fits(cfg: ModelConfig, head: str) -> None:
     )
 
 
-AUTO_CLASSES = {
-    "seq_cls": AutoModelForSequenceClassification,
-    "regression": AutoModelForSequenceClassification,
-    "qa": AutoModelForQuestionAnswering,
-    "seq2seq": AutoModelForSeq2SeqLM,
+@dataclass(frozen=True)
+class Head:
+    """A task-head kind (``Task.head``): the model class that carries it. The PEFT task type of an
+    exported adapter follows from that class (``dyndora.export.peft_task_type``)."""
+
+    auto_class: type
+    problem_type: str | None = None  # transformers' loss choice (regression: MSE)
+    sentence: bool = False  # one prediction per sequence: the family's pooler trains with the head
+    generates: bool = False  # a decoder head: needs an encoder-decoder family, takes no num_labels
+
+
+HEADS = {
+    "seq_cls": Head(AutoModelForSequenceClassification, sentence=True),
+    "regression": Head(AutoModelForSequenceClassification, "regression", sentence=True),
+    "qa": Head(AutoModelForQuestionAnswering),
+    "seq2seq": Head(AutoModelForSeq2SeqLM, generates=True),
 }
 
 # Task heads: trained by every method, excluded from the paper's parameter counts (spec §6).
 HEAD_PREFIXES = ("classifier", "classification_head", "qa_outputs")
-
-# The matrices DynDoRA / LoRA / AdaLoRA adapt (spec §1): 6 per encoder layer, 10 per BART decoder layer.
-_ENCODER_TARGETS = r"\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)$"
-TARGET_PATTERNS = {
-    "roberta": _ENCODER_TARGETS,
-    "bert": _ENCODER_TARGETS,
-    "bart": r"\.layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)$",
-}
 
 
 @dataclass
@@ -107,25 +106,38 @@ class Backbone:
 
 def load_backbone(cfg: ModelConfig, head: str, num_labels: int) -> Backbone:
     """Build ``AutoModelFor<head>`` and its tokenizer from the configured source."""
-    if head not in AUTO_CLASSES:
-        raise UserError(f"unknown head kind {head!r}; valid: {', '.join(AUTO_CLASSES)}")
+    if head not in HEADS:
+        raise UserError(f"unknown head kind {head!r}; valid: {', '.join(HEADS)}")
     check_fits(cfg, head)
-    kwargs = {} if head == "seq2seq" else {"num_labels": num_labels}
-    if head == "regression":
-        kwargs["problem_type"] = "regression"
+    kind = HEADS[head]
+    kwargs = {} if kind.generates else {"num_labels": num_labels}
+    if kind.problem_type:
+        kwargs["problem_type"] = kind.problem_type
     if cfg.source == "tiny":
         model, tokenizer = _tiny(cfg, head, kwargs)
     else:
         path = _minilm_path() if cfg.source == "package" else cfg.path
         model, tokenizer = _pretrained(path, head, kwargs)
+    return Backbone(model, tokenizer, cfg.family, head_prefixes(model, cfg.family, head))
+
+
+def head_prefixes(model: nn.Module, family: str, head: str) -> tuple[str, ...]:
+    """The task head's modules. BERT's sentence head is pooler (dense + tanh) then classifier: together
+    the counterpart of RoBERTa's classification_head (dense + tanh + out_proj), so both train as the
+    head. (The pooler of all-MiniLM-L6-v2 was never trained: sentence-transformers pools by mean.)"""
     present = tuple(p for p in HEAD_PREFIXES if hasattr(model, p))
-    pooler = getattr(getattr(model, "bert", None), "pooler", None)
-    if head in ("seq_cls", "regression") and pooler is not None:
-        # BERT's sentence head is pooler (dense + tanh) then classifier: together the counterpart of
-        # RoBERTa's classification_head (dense + tanh + out_proj), so both train as the head. (The pooler
-        # of all-MiniLM-L6-v2 was never trained: sentence-transformers pools by mean.)
-        present += ("bert.pooler",)
-    return Backbone(model, tokenizer, cfg.family, present)
+    pooler = families.get(family).pooler
+    if HEADS[head].sentence and pooler and _has_module(model, pooler):
+        present += (pooler,)
+    return present
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:  # absent, or None (a model built without its pooler)
+        return False
+    return True
 
 
 def _minilm_path() -> str:
@@ -153,7 +165,7 @@ def _pretrained(path: str | None, head: str, kwargs: dict):
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=kwargs.get("local_files_only", False)
         )
-        model = _from_pretrained(AUTO_CLASSES[head], path, kwargs)
+        model = _from_pretrained(HEADS[head].auto_class, path, kwargs)
     except OSError as e:
         where = "local directory" if local else "the Hugging Face Hub or its local cache"
         raise UserError(
@@ -216,17 +228,13 @@ def _tiny(cfg: ModelConfig, head: str, kwargs: dict):
     sizes = dict(cfg.tiny)
     # sizes may override the vocabulary (e.g. a replayed run with ids beyond the byte-level tokenizer's)
     common = dict(vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs) | sizes
-    if cfg.family == "bart":
-        config = BartConfig(decoder_start_token_id=2, forced_eos_token_id=2, **common)
-    elif cfg.family == "roberta":
-        config = RobertaConfig(**common)
-    else:
-        raise UserError(f"tiny models exist for families roberta and bart, not {cfg.family!r}")
-    return AUTO_CLASSES[head].from_config(config), tokenizer
+    family = families.get(cfg.family)
+    config = getattr(transformers, family.config_class)(**(family.tiny_defaults | common))
+    return HEADS[head].auto_class.from_config(config), tokenizer
 
 
 def adapted_linears(model: nn.Module, family: str) -> list[tuple[str, nn.Linear]]:
-    """The linear layers an adapter method targets, in module order (spec §1)."""
-    pattern = re.compile(TARGET_PATTERNS[family])
+    """The linear layers an adapter method targets (the family's matrices), in module order (spec §1)."""
+    pattern = families.get(family).targets
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.search(n)]
     return [(n, m) for n, m in found if not n.startswith(HEAD_PREFIXES)]

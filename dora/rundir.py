@@ -17,6 +17,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from dora.config import RunConfig
 from dora.errors import UserError, one_line
 from dora.results import atomic_write_text
 
@@ -177,7 +178,7 @@ def refuse_other_config(out_dir: Path, what: str, old: dict, new: dict) -> None:
         )
 
 
-def completed(out_dir: Path, config: dict) -> dict | None:
+def completed(out_dir: Path, cfg: RunConfig) -> dict | None:
     """The result of a finished run of this very configuration in ``out_dir``, else None."""
     path = out_dir / "result.json"
     if not path.is_file():
@@ -191,7 +192,7 @@ def completed(out_dir: Path, config: dict) -> dict | None:
         ) from None
     if not isinstance(result, dict):
         raise UserError(f"output_dir={out_dir} holds a result.json that is not a run's result; move it away")
-    refuse_other_config(out_dir, "a completed run", result.get("config", {}), config)
+    refuse_other_config(out_dir, "a completed run", result.get("config", {}), cfg.as_dict())
     return result
 
 

@@ -1,9 +1,8 @@
 """One run: build (task, backbone, method) -> train -> evaluate -> write result.json.
 
 The runner names no method and no task: it calls them only through their contracts
-(dora.methods.base.Method, tasks.base.Task). Order of one optimizer step (spec §5):
-forward -> loss = task + extra -> backward -> clip -> optimizer.step -> scheduler.step
--> method.after_optimizer_step (gradients still there) -> zero_grad.
+(dora.methods.base.Method, tasks.base.Task). One optimizer step is dora.step.train_step (its order is
+documented there); evaluation is tasks.base.evaluate_split, one split at a time.
 
 Reliability (dora/checkpoint.py, dora/rundir.py): a checkpoint every ``trainer.checkpoint_every``
 optimizer steps and at every epoch end; re-running with the same ``output_dir`` resumes from the newest
@@ -26,7 +25,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -34,17 +33,17 @@ from transformers import get_linear_schedule_with_warmup
 
 from dora import checkpoint, rundir
 from dora.checkpoint import EpochShuffle
-from dora.config import validate
+from dora.config import RunConfig
 from dora.errors import UserError
 from dora.methods import Method, TaskInfo, build_method
 from dora.models import load_backbone
 from dora.results import atomic_write_text, environment, peak_memory_mb, save_tensors, write_result
+from dora.step import train_step
 from dora.tracking import make_tracker
-from tasks import Task, build_task
+from tasks import Task, build_task, evaluate_split
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()  # tokenisation bars drown the training bar
-GROUPS = ("model", "task", "method", "budget", "trainer", "logger")
 
 
 class Diverged(UserError):
@@ -96,7 +95,7 @@ class LossMeter:
 class Run:
     """Everything the training loop touches."""
 
-    cfg: DictConfig
+    cfg: RunConfig
     out_dir: Path
     accelerator: Accelerator
     task: Task
@@ -121,15 +120,10 @@ class Run:
 
     @property
     def config(self) -> dict:
-        return OmegaConf.to_container(self.cfg, resolve=True)
+        return self.cfg.as_dict()
 
     def wall_s(self) -> float:
         return self.progress.wall_s + time.perf_counter() - self.segment_t0
-
-
-def validated(cfg: DictConfig) -> dict:
-    """Group configs as dataclass objects; their ``__post_init__`` rejects impossible values."""
-    return validate(cfg, GROUPS)
 
 
 def mixed_precision(choice: str, cpu: bool) -> str:
@@ -188,24 +182,23 @@ def make_accelerator(trainer) -> Accelerator:
     return accelerator
 
 
-def build(cfg: DictConfig, out_dir: Path) -> Run:
-    c = validated(cfg)
-    trainer = c["trainer"]
+def build(cfg: RunConfig, out_dir: Path) -> Run:
+    trainer = cfg.trainer
     set_threads(trainer.threads)  # before tokenisation and the model build
-    task = build_task(c["task"], cfg.data_dir)
+    task = build_task(cfg.task, cfg.data_dir)
     task.check_data()  # before any download or model build
-    method = build_method(c["method"], c["budget"])
+    method = build_method(cfg.method, cfg.budget)
     accelerator = make_accelerator(trainer)
     fp32_matmuls()
     set_seed(cfg.seed)
-    backbone = load_backbone(c["model"], task.head, task.num_labels)
-    max_length = trainer.max_length or c["task"].max_length
+    backbone = load_backbone(cfg.model, task.head, task.num_labels)
+    max_length = trainer.max_length or cfg.task.max_length
     check_max_length(max_length, backbone, "trainer.max_length" if trainer.max_length else "task.max_length")
     data = task.load(backbone.tokenizer, max_length)
     for name, split in {"train": data.train, **data.evals}.items():
         if len(split) == 0:
             what = "training" if name == "train" else f"{name}"
-            raise UserError(f"task={c['task'].name}: the {what} split {c['task'].splits[name]!r} is empty")
+            raise UserError(f"task={task.cfg.name}: the {what} split {task.splits[name]!r} is empty")
     trivial = task.trivial_scores(data.evals)
     collate = task.collator(backbone.tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]] if trainer.group_by_length else None
@@ -225,7 +218,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     info = TaskInfo(task.cfg.name, task.head, backbone.family, backbone.head_prefixes, total_steps)
     model = method.apply(backbone.model, info)
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = trainer.lr if trainer.lr is not None else c["method"].lr
+    lr = trainer.lr if trainer.lr is not None else cfg.method.lr
     optimizer = torch.optim.AdamW(
         params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=trainer.weight_decay
     )
@@ -238,8 +231,8 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     )
     eval_loaders = dict(zip(eval_loaders, evals, strict=True))
     tracker = make_tracker(
-        c["logger"], OmegaConf.to_container(cfg, resolve=True), str(out_dir), out_dir.name,
-        [task.cfg.name, method.cfg.name, c["model"].name], accelerator.is_main_process,
+        cfg.logger, cfg.as_dict(), str(out_dir), out_dir.name,
+        [task.cfg.name, method.cfg.name, cfg.model.name], accelerator.is_main_process,
     )  # fmt: skip
     return Run(
         cfg, out_dir, accelerator, task, method, model, optimizer, scheduler, train_loader, sampler,
@@ -303,25 +296,19 @@ def epoch_batches(run: Run):
 
 
 def micro_step(run: Run, batch: dict) -> bool:
-    """Forward and backward of one micro-batch; on the last of an accumulation, the optimizer step and
-    the method's schedule. Returns whether an optimizer step happened."""
+    """One micro-batch through the training step (dora/step.py), then the runner's bookkeeping: loss
+    sums, samples, the non-finite check, Σ lr, the step count. Returns whether an optimizer step happened."""
     acc, p = run.accelerator, run.progress
     with acc.accumulate(run.model):
-        loss = run.model(**batch).loss
-        extra = run.method.extra_loss(acc.unwrap_model(run.model), p.step + 1)
-        acc.backward(loss if extra is None else loss + extra)
-        run.meter.add(loss, extra)
-        p.samples += batch["input_ids"].shape[0]
-        if not acc.sync_gradients:
-            return False
-        grad_norm = acc.clip_grad_norm_(run.model.parameters(), run.cfg.trainer.max_grad_norm)
-        run.meter.flag(p.step + 1, grad_norm)
-        p.lr_sum += run.scheduler.get_last_lr()[0]  # the rate this step used
-        run.optimizer.step()
-        run.scheduler.step()
-        p.step += 1
-        run.scalars = run.method.after_optimizer_step(p.step, run.total_steps)
-        run.optimizer.zero_grad(set_to_none=True)
+        out = train_step(run, batch, p.step + 1, run.cfg.trainer.max_grad_norm, acc)
+    run.meter.add(out.loss, out.extra)
+    p.samples += batch["input_ids"].shape[0]
+    if not out.stepped:
+        return False
+    run.meter.flag(p.step + 1, out.grad_norm)
+    p.lr_sum += out.lr
+    p.step += 1
+    run.scalars = out.scalars
     return True
 
 
@@ -357,7 +344,7 @@ def evaluate(run: Run) -> dict:
     t = time.perf_counter()
     metrics: dict[str, float] = {}
     for split, loader in run.eval_loaders.items():
-        metrics.update(run.task.evaluate(run.model, loader, run.accelerator, split))
+        metrics.update(evaluate_split(run.task, run.model, loader, run.accelerator, split))
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         raise Diverged(
@@ -505,7 +492,7 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
     state = run.method.state_dict()
     if state:
         save_tensors(run.out_dir / "adapter" / "method_state.safetensors", state)
-    atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
+    atomic_write_text(run.out_dir / "config.yaml", OmegaConf.to_yaml(run.config))
     best_from = run.method.best_from_step(run.total_steps)
     best = best_entry(run.history, run.task.headline, best_from)
     metrics = {k: v for k, v in run.history[-1].items() if k not in NOT_METRICS}
@@ -537,13 +524,13 @@ def save_outputs(run: Run, timing: dict, distributed: dict) -> dict:
         "distributed": distributed,
         "env": environment(str(run.accelerator.device)),
     }
-    # optional hooks (design.md): rank allocation of adaptive methods, exports such as a PEFT adapter
-    if hasattr(run.method, "rank_pattern"):
-        result["rank_pattern"] = run.method.rank_pattern(model)
-    if hasattr(run.method, "budget_history"):
-        result["budget_history"] = run.method.budget_history()
-    if hasattr(run.method, "export"):
-        run.method.export(model, run.out_dir)
+    # optional hooks: rank allocation of adaptive methods, exports such as a PEFT adapter
+    pattern, budget_history = run.method.rank_pattern(model), run.method.budget_history()
+    if pattern is not None:
+        result["rank_pattern"] = pattern
+    if budget_history is not None:
+        result["budget_history"] = budget_history
+    run.method.export(model, run.out_dir)
     run.tracker.summary(
         {"params/" + k: v for k, v in result["params"].items()}
         | {"best/" + k: v for k, v in result["best"].items()}
@@ -566,7 +553,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     """Train and evaluate one configuration; returns the result written to ``out_dir/result.json``.
 
     Skips a run whose result.json already exists (same configuration), resumes from the newest
@@ -574,7 +561,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     rundir.ensure_writable(out_dir)
     with rundir.exclusive(out_dir, enabled=is_main_process()):
-        done = rundir.completed(out_dir, OmegaConf.to_container(cfg, resolve=True))
+        done = rundir.completed(out_dir, cfg)
         if done is not None:
             log.warning("%s/result.json exists: this run is complete, skipping it", out_dir)
             if is_main_process():
@@ -605,7 +592,7 @@ def failure_record(run: Run):
     except BaseException as e:
         refused = isinstance(e, UserError) and not isinstance(e, Diverged) and not run.progress.started
         if run.accelerator.is_main_process and not refused:
-            what = {k: run.cfg[k].name for k in ("task", "method", "model")} | {"seed": run.cfg.seed}
+            what = {k: getattr(run.cfg, k).name for k in ("task", "method", "model")} | {"seed": run.cfg.seed}
             rundir.write_failure(
                 run.out_dir, e, run.progress.step, run.last_checkpoint, what | {"config": run.config}
             )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dora.records import RunRecord
+
 ADAPTIVE = ("dora", "adalora")
 DRAWS = 10_000
 COLUMNS = [
@@ -38,16 +40,14 @@ COLUMNS = [
 ]
 
 
-def group_key(result: dict) -> tuple:
-    from make_tables import signature
-
-    return (result["model"], result["task"], result["method"], result.get("budget"), signature(result))
+def group_key(run: RunRecord) -> tuple:
+    return (run.model, run.task, run.method, run.budget, run.signature())
 
 
-def patterns(runs: list[dict]) -> np.ndarray:
+def patterns(runs: list[RunRecord]) -> np.ndarray:
     """(seeds, matrices) final active components, matrices in one sorted order."""
-    names = sorted(runs[0]["rank_pattern"])
-    return np.array([[r["rank_pattern"][n] for n in names] for r in runs], dtype=float)
+    names = sorted(runs[0].rank_pattern)
+    return np.array([[r.rank_pattern[n] for n in names] for r in runs], dtype=float)
 
 
 def mean_pairwise_r(x: np.ndarray) -> float:
@@ -73,31 +73,31 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
-def diagnose(runs: list[dict]) -> list[dict]:
+def diagnose(runs: list[RunRecord]) -> list[dict]:
     """One row per group of adaptive-method runs with a rank pattern (≥ 2 seeds for the correlation)."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     for r in runs:
-        if r.get("method") in ADAPTIVE and r.get("rank_pattern"):
+        if r.method in ADAPTIVE and r.rank_pattern:
             groups.setdefault(group_key(r), []).append(r)
     rows = []
     for (model, task, method, budget, _), members in sorted(groups.items(), key=lambda kv: kv[0][:4]):
-        members = sorted(members, key=lambda r: r["seed"])
+        members = sorted(members, key=lambda r: r.seed)
         x = patterns(members)
         varied = x[x.std(1) > 0]  # a uniform pattern (every matrix the same rank) has no correlation
-        lr = ((members[0].get("config") or {}).get("trainer") or {}).get("lr")
+        lr = members[0].cfg("trainer.lr")
         row = {"model": model, "task": task, "method": method, "budget": budget or "", "lr": lr,
                "seeds": len(members), "uniform": int(len(x) - len(varied)), "mean_r": None, "p": None}  # fmt: skip
         if len(varied) >= 2:
             row["mean_r"] = mean_pairwise_r(varied)
             row["p"] = permutation_p(varied, row["mean_r"])
-        diag = [r.get("diagnostics") or {} for r in members]
+        diag = [r.diagnostics or {} for r in members]
         for key in ("b_cos_init", "a_cos_init", "lr_sum"):
             row[key] = _median([d.get(key) for d in diag])
         rows.append(row)
     return rows
 
 
-def _f(x, digits=2) -> str:
+def fmt(x, digits=2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
@@ -115,22 +115,18 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['task']} | {'DynDoRA' if r['method'] == 'dora' else 'AdaLoRA'} | "
-            f"{r['budget']} | {r['lr'] if r['lr'] is not None else '—'} | {r['seeds']} | {r['uniform']} | {_f(r['mean_r'])} | {_f(r['p'], 3)} | "
-            f"{_f(r['b_cos_init'], 3)} | {_f(r['a_cos_init'], 3)} | {_f(r['lr_sum'])} |"
+            f"{r['budget']} | {r['lr'] if r['lr'] is not None else '—'} | {r['seeds']} | {r['uniform']} | {fmt(r['mean_r'])} | {fmt(r['p'], 3)} | "
+            f"{fmt(r['b_cos_init'], 3)} | {fmt(r['a_cos_init'], 3)} | {fmt(r['lr_sum'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def figure(rows: list[dict], runs: list[dict], out: Path) -> bool:
+def figure(rows: list[dict], runs: list[RunRecord], out: Path) -> bool:
     """allocation.{png,pdf}: reproducibility per task and method (left), B movement against Σ lr (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from figures import save
+    from scripts.figures import plt, save  # here: figures imports make_tables, which imports this module
 
     scored = [r for r in rows if r["mean_r"] is not None]
-    moved = [r for r in runs if r.get("method") == "dora" and (r.get("diagnostics") or {}).get("b_cos_init")]
+    moved = [r for r in runs if r.method == "dora" and (r.diagnostics or {}).get("b_cos_init")]
     if not scored and not moved:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -154,10 +150,8 @@ def figure(rows: list[dict], runs: list[dict], out: Path) -> bool:
     left.set_ylabel("mean pairwise r of final ranks")
     left.set_title("Is the allocation reproducible across seeds?", fontsize=9)
     left.legend(fontsize=7)
-    for task in sorted({r["task"] for r in moved}):
-        pts = [
-            (r["diagnostics"]["lr_sum"], r["diagnostics"]["b_cos_init"]) for r in moved if r["task"] == task
-        ]
+    for task in sorted({r.task for r in moved}):
+        pts = [(r.diagnostics["lr_sum"], r.diagnostics["b_cos_init"]) for r in moved if r.task == task]
         right.scatter(*zip(*pts, strict=True), label=task, s=18)
     if not moved:
         right.text(
@@ -174,7 +168,7 @@ def figure(rows: list[dict], runs: list[dict], out: Path) -> bool:
     return True
 
 
-def write(runs: list[dict], out_dir: Path) -> list[dict]:
+def write(runs: list[RunRecord], out_dir: Path) -> list[dict]:
     """allocation.md, allocation.csv (and the figure) in ``out_dir``; returns the rows."""
     import csv
 

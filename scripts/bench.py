@@ -3,9 +3,9 @@
     python scripts/bench.py --device cpu --model roberta_base --methods lora,dora --rank 12 --steps 12 \
         --warmup 2 --threads 1 --out results/bench/cpu.json
 
-One step is exactly the runner's (dora/runner.py): forward -> loss + method.extra_loss -> backward ->
-clip -> optimizer.step -> scheduler.step -> method.after_optimizer_step -> zero_grad, through the
-Method contract only. ``--rank`` is LoRA's rank and the *initial* rank r' of DynDoRA and AdaLoRA, so the
+One step is the runner's own function (dora.step.train_step): forward -> loss + method.extra_loss ->
+backward -> clip -> optimizer.step -> scheduler.step -> method.after_optimizer_step -> zero_grad, through
+the Method contract only. ``--rank`` is LoRA's rank and the *initial* rank r' of DynDoRA and AdaLoRA, so the
 methods are compared at equal size; the adapters get ``budget.rank = --rank``.
 
 How it measures (so that a busy, shared machine still gives a fair comparison):
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import math
@@ -47,34 +48,26 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler (CPU memory) is q
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    BartConfig,
-    RobertaConfig,
-)
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
-
+from dora import families  # noqa: E402
+from dora import step as dora_step  # noqa: E402
 from dora.cli import compose_config  # noqa: E402
 from dora.config import BudgetConfig  # noqa: E402
-from dora.methods import Method, TaskInfo, build_method  # noqa: E402
+from dora.methods import METHODS, Method, TaskInfo, build_method  # noqa: E402
 from dora.methods.dyndora.method import initial_rank  # noqa: E402
-from dora.models import HEAD_PREFIXES, load_backbone  # noqa: E402
+from dora.models import load_backbone  # noqa: E402
 from dora.results import atomic_write_text, environment  # noqa: E402
 
-ALL_METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora")
+REPO = Path(__file__).resolve().parent.parent
+
+ALL_METHODS = tuple(METHODS.names())  # every registered method: a new one is benched without an edit here
 # Opt-in variants, benched only when named in --methods: name -> (method, config overrides)
 VARIANTS = {"dora_fastrng": ("dora", {"dropout_rng": "fast"})}
 NUM_LABELS = 2
-# Published architectures, random init (the shapes are what costs time, not the weights).
+# Published architectures' sizes, built with random init (the shapes are what costs time, not the weights).
 SHAPES = {
-    "roberta_base": lambda: RobertaConfig(
-        vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-        num_labels=NUM_LABELS,
-    ),
-    "bart_base": lambda: BartConfig(
+    "roberta_base": dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1),
+    "bart_base": dict(
         vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
         decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
     ),
@@ -92,18 +85,16 @@ class Backbone:
 
 
 def build_backbone(name: str) -> Backbone:
-    """``name`` = a model config (configs/model): tiny_* through the harness, others from SHAPES."""
+    """``name`` = a model config (configs/model): tiny_* as configured, others at their SHAPES sizes,
+    both random-init through the harness's own builder (no download)."""
     cfg = OmegaConf.to_object(compose_config([f"model={name}"]).model)
-    head = "seq2seq" if cfg.family == "bart" else "seq_cls"
-    if cfg.source == "tiny":
-        model = load_backbone(cfg, head, NUM_LABELS).model
-    elif name in SHAPES:
-        auto = AutoModelForSeq2SeqLM if head == "seq2seq" else AutoModelForSequenceClassification
-        model = auto.from_config(SHAPES[name]())
-    else:
-        raise SystemExit(f"--model {name}: valid: {', '.join(SHAPES)} or a tiny_* model config")
-    prefixes = tuple(p for p in HEAD_PREFIXES if hasattr(model, p))
-    return Backbone(model, cfg.family, head, prefixes, model.config.vocab_size)
+    head = "seq2seq" if families.get(cfg.family).encoder_decoder else "seq_cls"
+    if cfg.source != "tiny":
+        if name not in SHAPES:
+            raise SystemExit(f"--model {name}: valid: {', '.join(SHAPES)} or a tiny_* model config")
+        cfg = dataclasses.replace(cfg, source="tiny", tiny=SHAPES[name])
+    built = load_backbone(cfg, head, NUM_LABELS)
+    return Backbone(built.model, cfg.family, head, built.head_prefixes, built.model.config.vocab_size)
 
 
 def method_configs(name: str, rank: int):
@@ -172,18 +163,9 @@ def make_batches(bb: Backbone, n: int, batch: int, seq: int, tgt: int, device: s
 
 # -- the step --------------------------------------------------------------------------------------
 def train_step(b: Bench, batch: dict, autocast) -> None:
-    """One optimizer step in the runner's order, through the Method contract only."""
-    step = b.step + 1
-    with autocast():
-        loss = b.model(**batch).loss
-    extra = b.method.extra_loss(b.model, step)
-    (loss if extra is None else loss + extra).backward()
-    torch.nn.utils.clip_grad_norm_(b.params, 1.0)
-    b.optimizer.step()
-    b.scheduler.step()
-    b.method.after_optimizer_step(step, b.total_steps)
-    b.optimizer.zero_grad(set_to_none=True)
-    b.step = step
+    """One optimizer step: the runner's own (dora.step.train_step), gradient norm clipped at 1."""
+    dora_step.train_step(b, batch, b.step + 1, 1.0, autocast=autocast)
+    b.step += 1
 
 
 def sync(device: str) -> None:

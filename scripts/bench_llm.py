@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import importlib.util
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,22 +35,12 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler (CPU memory) is q
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
-
 from dora.dyndora import DynDoRAConfig, inject_dyndora  # noqa: E402
 from dora.results import atomic_write_text, environment  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def bench_module():
-    """scripts/bench.py, for its CPU step-peak measurement (profiler allocation events)."""
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -165,7 +153,9 @@ def static_bytes(c: Candidate) -> int:
 
 
 def step_peak_bytes(c: Candidate, batch, device: str) -> int:
-    return bench_module().peak_bytes(lambda: train_step(c, batch, device), device)
+    from scripts.bench import peak_bytes  # here: bench imports the whole harness, needed only for this
+
+    return peak_bytes(lambda: train_step(c, batch, device), device)
 
 
 def dem_ms(c: Candidate, reps: int, device: str) -> float:

@@ -7,36 +7,31 @@ python scripts/figures.py --runs RUNS_DIR --out OUT_DIR [--model roberta_base]
     curves_<task>.{png,pdf}  headline dev metric against step per method/budget (history), ±std
 python scripts/figures.py sweep --runs RUNS_DIR --out OUT_DIR --task rte --knob method.dem_coef
     sweep_<knob>_<task>.{png,pdf,csv}  headline metric against the knob, error bars = std over seeds
+python scripts/figures.py ranks --runs RUNS_DIR --out OUT_DIR
+    ranks_<run folder>.{png,pdf}  each DynDoRA / AdaLoRA run's final rank per (matrix, layer)
+
+Every rank map, here and in mini_table.py, is drawn by ``heatmap`` from a ``dora.families.rank_grid``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; no display on clusters
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from dora import families
+from dora.families import ENCODER_MATRICES, RankGrid
+from dora.records import RunRecord, scan
+from scripts.make_tables import PAPER, paper_eta
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_tables import PAPER, cfg_get, paper_eta, scan  # noqa: E402
-
-# rank_pattern module suffix (RoBERTa/BERT names) -> the paper's row name, in Figure 2's order
-MATRICES = {
-    "attention.self.query": "Wq",
-    "attention.self.key": "Wk",
-    "attention.self.value": "Wv",
-    "attention.output.dense": "Wo",
-    "intermediate.dense": "Wf1",
-    "output.dense": "Wf2",
-}
-LAYER = re.compile(r"layer\.(\d+)\.(.+)$")
+plt.switch_backend("agg")  # files only; no display on clusters
+# Figure 2's rows, as the paper labels the six matrices of an encoder layer (dora.families)
+MATRICES = list(ENCODER_MATRICES.values())
 KNOB_LABELS = {"method.init_ratio": "b(0) / b(T)", "method.dem_coef": "η (DEM coefficient)"}
 
 
@@ -48,33 +43,65 @@ def save(fig, out: Path, stem: str) -> None:
     plt.close(fig)
 
 
+# -- rank maps ---------------------------------------------------------------------------------------
+def heatmap(ax, grid: RankGrid, title: str, vmax: float | None = None):
+    """One rank map (rows: matrices, columns: layers), each cell labelled; vmax shares one colour scale
+    (0..vmax) across panels. Returns the image (for a colour bar)."""
+    image = ax.imshow(grid.values, cmap="viridis", aspect="auto", vmin=None if vmax is None else 0, vmax=vmax)
+    for (i, j), v in np.ndenumerate(grid.values):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.1f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=6, color="w")
+    ax.set_yticks(range(len(grid.rows)), grid.rows)
+    ax.set_xticks(range(len(grid.cols)), grid.cols, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return image
+
+
+def rank_grid(run: RunRecord) -> RankGrid | None:
+    """The run's final rank grid, or None without a rank pattern of a known family."""
+    try:
+        return families.rank_grid(run.rank_pattern or {})
+    except ValueError:
+        return None
+
+
+def mean_grid(grids: list[RankGrid]) -> RankGrid:
+    """The element-wise mean over seeds of grids of one shape."""
+    return grids[0]._replace(values=sum(g.values for g in grids) / len(grids))
+
+
+def rank_maps(runs: list[RunRecord], out: Path) -> list[str]:
+    """ranks_<run folder>: one figure per run with a rank pattern, colour scale 0..its largest rank."""
+    written = []
+    for r in runs:
+        grid = rank_grid(r)
+        if grid is None:
+            continue
+        fig, ax = plt.subplots(
+            figsize=(max(4.0, 0.5 * len(grid.cols) + 2), max(2.5, 0.35 * len(grid.rows) + 1.2))
+        )
+        title = f"{r.method} on {r.task} ({r.model}, seed {r.seed}): mean rank {np.nanmean(grid.values):.2f}"
+        fig.colorbar(heatmap(ax, grid, title, vmax=np.nanmax(grid.values)), ax=ax, label="active components")
+        ax.set_xlabel("layer")
+        stem = f"ranks_{Path(r.path).name}"
+        save(fig, out, stem)
+        written.append(stem)
+    return written
+
+
 # -- Figure 2 -----------------------------------------------------------------------------------------
-def rank_grid(rank_pattern: dict) -> np.ndarray | None:
-    """(6 matrices, layers) active components, or None for names that are not RoBERTa/BERT-style."""
-    cells = {}
-    for name, active in rank_pattern.items():
-        m = LAYER.search(name)
-        if not m or m.group(2) not in MATRICES:
-            return None
-        cells[(list(MATRICES).index(m.group(2)), int(m.group(1)))] = active
-    layers = 1 + max(layer for _, layer in cells)
-    grid = np.full((len(MATRICES), layers), np.nan)
-    for (row, layer), active in cells.items():
-        grid[row, layer] = active
-    return grid
-
-
-def fig2_runs(runs: list[dict], model: str) -> dict[int, list[np.ndarray]]:
-    """b(T) -> rank grids of DynDoRA runs on SST-2 at the paper's settings (ratio 1.5, Table 8 eta)."""
+def fig2_runs(runs: list[RunRecord], model: str) -> dict[int, list[RankGrid]]:
+    """b(T) -> rank grids of DynDoRA runs on SST-2 at the paper's settings (ratio 1.5, Table 8 eta), of
+    encoder families only (the paper's six rows)."""
     eta, out = paper_eta()["sst2"], {}
     for r in runs:
-        if (r.get("model"), r.get("task"), r.get("method")) != (model, "sst2", "dora"):
+        if (r.model, r.task, r.method) != (model, "sst2", "dora"):
             continue
-        if not (_close(cfg_get(r, "method.init_ratio"), 1.5) and _close(cfg_get(r, "method.dem_coef"), eta)):
+        if not (_close(r.cfg("method.init_ratio"), 1.5) and _close(r.cfg("method.dem_coef"), eta)):
             continue
-        grid = rank_grid(r.get("rank_pattern") or {})
-        if grid is not None:
-            out.setdefault(int(cfg_get(r, "budget.rank")), []).append(grid)
+        grid = rank_grid(r)
+        if grid is not None and grid.rows == MATRICES:
+            out.setdefault(int(r.cfg("budget.rank")), []).append(grid)
     return out
 
 
@@ -82,27 +109,16 @@ def _close(a, b) -> bool:
     return a is not None and math.isclose(float(a), float(b))
 
 
-def paper_fig2() -> dict[int, np.ndarray]:
+def paper_fig2() -> dict[int, RankGrid]:
     df = pd.read_csv(PAPER / "fig2.csv")
-    return {
-        int(b): g.set_index("matrix").loc[list(MATRICES.values())].to_numpy(float)
-        for b, g in df.groupby("budget")
-    }
+    grids = {}
+    for b, g in df.groupby("budget"):
+        layers = g.drop(columns="budget").set_index("matrix").loc[MATRICES]  # columns L1, L2, ...
+        grids[int(b)] = RankGrid(MATRICES, [c[1:] for c in layers.columns], layers.to_numpy(float))
+    return grids
 
 
-def _heatmap(ax, grid: np.ndarray, title: str, vmax: float | None = None):
-    """One rank map, each cell labelled; vmax shares one colour scale (0..vmax) across panels."""
-    image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=None if vmax is None else 0, vmax=vmax)
-    for (i, j), v in np.ndenumerate(grid):
-        if not np.isnan(v):
-            ax.text(j, i, f"{v:.1f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=6, color="w")
-    ax.set_yticks(range(len(MATRICES)), list(MATRICES.values()))
-    ax.set_xticks(range(grid.shape[1]), [str(i + 1) for i in range(grid.shape[1])], fontsize=7)
-    ax.set_title(title, fontsize=9)
-    return image
-
-
-def figure2(runs: list[dict], model: str, out: Path) -> bool:
+def figure2(runs: list[RunRecord], model: str, out: Path) -> bool:
     ours = fig2_runs(runs, model)
     if not ours:
         return False
@@ -110,12 +126,12 @@ def figure2(runs: list[dict], model: str, out: Path) -> bool:
     fig, axes = plt.subplots(2, len(budgets), figsize=(4 * len(budgets), 5), squeeze=False)
     rows = []
     for k, b in enumerate(budgets):
-        mean = np.mean(ours[b], axis=0)  # (6, layers), mean over seeds
-        _heatmap(axes[0, k], mean, f"ours, b(T)={b} (mean of {len(ours[b])} seeds, {model})")
-        axes[1, k].set_axis_off() if b not in paper else _heatmap(axes[1, k], paper[b], f"paper, b(T)={b}")
+        mean = mean_grid(ours[b])  # (6, layers), mean over seeds
+        heatmap(axes[0, k], mean, f"ours, b(T)={b} (mean of {len(ours[b])} seeds, {model})")
+        axes[1, k].set_axis_off() if b not in paper else heatmap(axes[1, k], paper[b], f"paper, b(T)={b}")
         rows += [
             {"budget": b, "matrix": m, **{f"L{i + 1}": v for i, v in enumerate(row)}}
-            for m, row in zip(MATRICES.values(), mean, strict=True)
+            for m, row in zip(mean.rows, mean.values, strict=True)
         ]
     fig.supxlabel("layer")
     save(fig, out, "fig2")
@@ -124,40 +140,41 @@ def figure2(runs: list[dict], model: str, out: Path) -> bool:
 
 
 # -- budget and training curves -----------------------------------------------------------------------
-def _group_label(r: dict) -> str:
-    return f"{r['method']} {r.get('budget') or ''} ({r['model']})".replace("  ", " ")
+def _group_label(r: RunRecord) -> str:
+    return f"{r.method} {r.budget or ''} ({r.model})".replace("  ", " ")
 
 
-def budget_curves(runs: list[dict], out: Path) -> list[str]:
+def budget_curves(runs: list[RunRecord], out: Path) -> list[str]:
     """Average rank b(t) = active components / adapted matrices, from b(0) at step 0 through every
     pruning event (budget_history), mean over seeds."""
     rows = [
-        {"task": r["task"], "group": _group_label(r), "step": step, "avg_rank": avg}
+        {"task": r.task, "group": _group_label(r), "step": step, "avg_rank": avg}
         for r in runs
-        if r.get("budget_history") and r.get("rank_pattern")
-        for step, avg in _budget_points(r)
+        if r.budget_history and r.rank_pattern
+        for step, avg in budget_points(r)
     ]
     return _plot_by_task(pd.DataFrame(rows), "avg_rank", "average rank b(t)", "budget", out, steps=True)
 
 
-def _budget_points(r: dict) -> list[tuple[int, float]]:
-    ratio, rank = cfg_get(r, "method.init_ratio"), cfg_get(r, "budget.rank")
+def budget_points(r: RunRecord) -> list[tuple[int, float]]:
+    """(step, average rank): b(0) at step 0, then active components / matrices at every event."""
+    ratio, rank = r.cfg("method.init_ratio"), r.cfg("budget.rank")
     start = [(0, math.ceil(round(ratio * rank, 9)))] if ratio and rank else []  # b(0) = ceil(ratio x r)
-    return start + [(step, active / len(r["rank_pattern"])) for step, active in r["budget_history"]]
+    return start + [(step, active / len(r.rank_pattern)) for step, active in r.budget_history]
 
 
-def training_curves(runs: list[dict], out: Path) -> list[str]:
+def training_curves(runs: list[RunRecord], out: Path) -> list[str]:
     rows = [
         {
-            "task": r["task"],
+            "task": r.task,
             "group": _group_label(r),
             "step": h["step"],
-            "value": h[r["headline"]],
-            "metric": r["headline"],
+            "value": h[r.headline],
+            "metric": r.headline,
         }
         for r in runs
-        for h in r.get("history", [])
-        if r.get("headline") in h
+        for h in r.history
+        if r.headline in h
     ]
     return _plot_by_task(pd.DataFrame(rows), "value", None, "curves", out)
 
@@ -184,12 +201,12 @@ def _plot_by_task(
 
 
 # -- sweeps -------------------------------------------------------------------------------------------
-def sweep_points(runs: list[dict], task: str, knob: str, protocol: str = "best") -> pd.DataFrame:
+def sweep_points(runs: list[RunRecord], task: str, knob: str, protocol: str = "best") -> pd.DataFrame:
     """Per (model, knob value): mean, std, n of the headline metric over DynDoRA runs on ``task``."""
     rows = [
-        {"model": r["model"], "x": float(cfg_get(r, knob)), "value": r[protocol_key(protocol)][r["headline"]]}
+        {"model": r.model, "x": float(r.cfg(knob)), "value": r.value(r.headline, protocol)}
         for r in runs
-        if r.get("task") == task and r.get("method") == "dora" and cfg_get(r, knob) is not None
+        if r.task == task and r.method == "dora" and r.cfg(knob) is not None
     ]
     if not rows:
         return pd.DataFrame(columns=["model", "x", "mean", "std", "n"])
@@ -197,15 +214,11 @@ def sweep_points(runs: list[dict], task: str, knob: str, protocol: str = "best")
     return df.rename(columns={"count": "n"})
 
 
-def protocol_key(protocol: str) -> str:
-    return "best" if protocol == "best" else "metrics"
-
-
-def sweep_plot(runs: list[dict], task: str, knob: str, out: Path, protocol: str = "best") -> Path | None:
+def sweep_plot(runs: list[RunRecord], task: str, knob: str, out: Path, protocol: str = "best") -> Path | None:
     points = sweep_points(runs, task, knob, protocol)
     if points.empty:
         return None
-    headline = next(r["headline"] for r in runs if r.get("task") == task)
+    headline = next(r.headline for r in runs if r.task == task)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for model, g in points.groupby("model"):
         ax.errorbar(g["x"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=model)
@@ -222,7 +235,7 @@ def sweep_plot(runs: list[dict], task: str, knob: str, out: Path, protocol: str 
 # -- command line -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="?", default="all", choices=("all", "sweep"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "sweep", "ranks"))
     p.add_argument("--runs", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", default="roberta_base", help="backbone of the Figure 2 runs")
@@ -235,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         path = sweep_plot(runs, a.task, a.knob, a.out, a.protocol)
         print(f"wrote {path}" if path else f"no DynDoRA runs on {a.task} with {a.knob} in {a.runs}")
         return 0 if path else 1
+    if a.what == "ranks":
+        written = rank_maps(runs, a.out)
+        print(f"{len(runs)} runs; wrote {len(written)} rank maps (png, pdf) in {a.out}" if written else
+              f"no run with a rank pattern in {a.runs}")  # fmt: skip
+        return 0 if written else 1
     written = (["fig2"] if figure2(runs, a.model, a.out) else []) + budget_curves(runs, a.out)
     written += training_curves(runs, a.out)
     print(f"{len(runs)} runs; wrote {', '.join(written) or 'nothing (no runs)'} (png, pdf) in {a.out}")

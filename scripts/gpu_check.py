@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def bench_args(smoke: bool, device: str, precision: str, out: Path) -> list[str]:
@@ -167,12 +166,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         if "bench" not in skip:
-            import importlib.util
+            from scripts import bench  # here: it imports torch and the harness
 
-            spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-            bench = importlib.util.module_from_spec(spec)
-            sys.modules["bench"] = bench
-            spec.loader.exec_module(bench)
             for precision in ("fp32", "bf16"):
                 t = time.perf_counter()
                 r = bench.main(bench_args(smoke, device, precision, work / f"bench_{precision}.json"))

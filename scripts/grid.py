@@ -32,8 +32,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dora.cli import compose_config  # noqa: E402
+from dora.cli import compose_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

@@ -23,13 +23,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
+import dora.cli  # noqa: F401  (as run.py: the config schemas and resolvers Hydra composes with)
+
 # Self-contained on purpose: launchers (submitit) unpickle this script's functions in processes where
 # scripts/ is not importable, so nothing here may come from scripts/grid.py.
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from dora.config import register_configs  # noqa: E402
-
-register_configs()
 log = logging.getLogger("grid")
 
 

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import allocation  # noqa: E402
+from dora.records import MNLI_AVG, RunRecord, Scan, scan
+from scripts import allocation
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "results" / "paper"
-MNLI_AVG = "dev_m_mm/accuracy"  # the paper's MNLI column: mean of matched and mismatched accuracy
 PAPER_NAMES = {"full": "Full FT", "bitfit": "BitFit", "houlsby": "H-Adapter", "pfeiffer": "P-Adapter"}
 PAPER_NAMES |= {"lora": "LoRA", "adalora": "AdaLoRA", "dora": "DoRA"}  # as results/paper/*.csv print them
 # our row titles: the paper calls its method "DoRA"; we say DynDoRA (not PEFT's weight-decomposed DoRA)
@@ -68,8 +66,6 @@ CELL_COLUMNS = [
     "degenerate",
     "paper",
 ]
-# run-folder bookkeeping that marks a folder as a run even before it has a result
-RUN_MARKERS = (".hydra", "checkpoints", "run.log", ".lock")
 
 
 # -- table specifications -----------------------------------------------------------------------------
@@ -175,132 +171,37 @@ def paper_rows(table: Table) -> list[dict]:
     return rows
 
 
-# -- reading runs -------------------------------------------------------------------------------------
-@dataclass
-class Scan:
-    ok: list[dict] = field(default_factory=list)  # result.json contents, plus "_path"
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
-    incomplete: list[str] = field(default_factory=list)
-
-
-def scan(runs_dir: Path) -> Scan:
-    """Classify every run folder below ``runs_dir``: ok (result.json, status ok), failed, incomplete."""
-    s, seen = Scan(), set()
-    for path in sorted(runs_dir.rglob("result.json")):
-        seen.add(path.parent)
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            s.failed.append((str(path.parent), f"unreadable result.json ({type(e).__name__})"))
-            continue
-        if result.get("status") == "ok":
-            s.ok.append({**result, "_path": str(path.parent)})
-        else:
-            s.failed.append((str(path.parent), f"status {result.get('status')!r}"))
-    for path in sorted(runs_dir.rglob("failure.json")):
-        if path.parent not in seen:
-            seen.add(path.parent)
-            s.failed.append((str(path.parent), _failure_reason(path)))
-    for marker in RUN_MARKERS:
-        for path in sorted(runs_dir.rglob(marker)):
-            if path.parent not in seen:
-                seen.add(path.parent)
-                s.incomplete.append(str(path.parent))
-    return s
-
-
-def _failure_reason(path: Path) -> str:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return "failure.json (unreadable)"
-    return f"{record.get('error', 'failed')} (step {record.get('step', '?')})"
-
-
-def cfg_get(result: dict, key: str):
-    node = result.get("config", {})
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def matches(result: dict, row: Row, task: str, model: str, eta: dict) -> bool:
-    if (result.get("model"), result.get("task"), result.get("method")) != (model, task, row.method):
+# -- reading runs (dora.records: scan, RunRecord) ------------------------------------------------------
+def matches(run: RunRecord, row: Row, task: str, model: str, eta: dict) -> bool:
+    if (run.model, run.task, run.method) != (model, task, row.method):
         return False
-    if result.get("budget") != row.budget:
+    if run.budget != row.budget:
         return False
     for key, want in row.knobs:
-        want, have = (eta.get(task) if want == ETA else want), cfg_get(result, key)
+        want, have = (eta.get(task) if want == ETA else want), run.cfg(key)
         if want is None or have is None or not math.isclose(float(have), float(want)):
             return False
     return True
 
 
-def value(result: dict, metric: str, protocol: str, from_step: int = 0) -> float | None:
-    """A run's number for a cell: result["best"] (best), result["metrics"] (last), or the best
-    evaluation at or after ``from_step`` (common; the last evaluation when none is that late)."""
-    if protocol == "common":
-        history = [h for h in result.get("history", []) if _metric(h, metric) is not None]
-        eligible = [h for h in history if h["step"] >= from_step] or history[-1:]
-        return max((_metric(h, metric) for h in eligible), default=None)
-    return _metric(result.get("best" if protocol == "best" else "metrics") or {}, metric)
-
-
-def _metric(source: dict, metric: str) -> float | None:
-    if metric == MNLI_AVG:
-        both = [source.get("dev_matched/accuracy"), source.get("dev_mismatched/accuracy")]
-        return None if None in both else sum(both) / 2
-    return source.get(metric)
-
-
-def best_from_step(result: dict) -> int:
-    """The step from which the run's own allocation is final (0 for non-adaptive methods). Runs written
-    before result.json carried it: the last allocation event in budget_history."""
-    if result.get("best_from_step") is not None:
-        return int(result["best_from_step"])
-    history = result.get("budget_history") or []
-    return int(history[-1][0]) if history else 0
-
-
-def is_degenerate(result: dict, metric: str, v: float) -> bool:
+def is_degenerate(run: RunRecord, metric: str, v: float) -> bool:
     """The value equals a constant predictor's: result.json's constant_scores (or its best, trivial);
     for older runs, 0 for correlations and the official dev sets' class shares for accuracy."""
     name = metric.split("/")[-1]
-    constants = (result.get("constant_scores") or {}).get(metric)
-    if constants is None and metric in (result.get("trivial") or {}):
-        constants = [result["trivial"][metric]]
+    constants = (run.constant_scores or {}).get(metric)
+    if constants is None and metric in (run.trivial or {}):
+        constants = [run.trivial[metric]]
     if constants is None:
         if name in ("mcc", "pearson", "spearman"):
             constants = [0.0]
-        elif name == "accuracy" and cfg_get(result, "task.splits.dev") in ("dev", None):
-            constants = OFFICIAL_DEV_CONSTANTS.get(result.get("task"), ())
+        elif name == "accuracy" and run.cfg("task.splits.dev") in ("dev", None):
+            constants = OFFICIAL_DEV_CONSTANTS.get(run.task, ())
         else:
             constants = ()
     return any(abs(v - c) < 1e-6 for c in constants)
 
 
 # -- aggregation --------------------------------------------------------------------------------------
-IGNORED_IN_SIGNATURE = ("seed", "output_dir", "logger", "trainer.progress", "trainer.num_workers")
-
-
-def signature(result: dict) -> str:
-    """The run's configuration minus what may differ between the seeds of one cell."""
-    flat = _flatten(result.get("config", {}))
-    keep = {
-        k: v
-        for k, v in flat.items()
-        if not any(k == i or k.startswith(i + ".") for i in IGNORED_IN_SIGNATURE)
-    }
-    return json.dumps(keep, sort_keys=True, default=str)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def stats(values: list[float], degenerate: int = 0) -> dict:
     """Over the runs that left the trivial predictor; ``degenerate`` counts those that did not."""
     n = len(values)
@@ -321,23 +222,23 @@ class Cell:
     protocol: str
     stats: dict
     paper: float | None
-    runs: list[dict]
-    excluded: list[dict] = field(default_factory=list)  # same cell, another configuration
+    runs: list[RunRecord]
+    excluded: list[RunRecord] = field(default_factory=list)  # same cell, another configuration
 
 
-def one_configuration(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+def one_configuration(runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
     """(the largest group of runs sharing one configuration beyond the seed, the others): runs of another
     data set, schedule or knob never share a cell."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[RunRecord]] = {}
     for r in runs:
-        groups.setdefault(signature(r), []).append(r)
+        groups.setdefault(r.signature(), []).append(r)
     if len(groups) < 2:
         return runs, []
     keep = max(sorted(groups), key=lambda k: len(groups[k]))
     return groups[keep], [r for k, g in groups.items() if k != keep for r in g]
 
 
-def cell_runs(table: Table, runs: list[dict], model: str, eta: dict) -> dict:
+def cell_runs(table: Table, runs: list[RunRecord], model: str, eta: dict) -> dict:
     """(row index, column index) -> (runs used, runs excluded)."""
     out = {}
     for i, row in enumerate(table.rows):
@@ -346,20 +247,20 @@ def cell_runs(table: Table, runs: list[dict], model: str, eta: dict) -> dict:
     return out
 
 
-def table_cells(table: Table, runs: list[dict], model: str, protocol: str, eta: dict) -> list[Cell]:
+def table_cells(table: Table, runs: list[RunRecord], model: str, protocol: str, eta: dict) -> list[Cell]:
     cells, chosen = [], cell_runs(table, runs, model, eta)
     # common protocol: one eligibility step per column, the latest at which any of its runs fixed its allocation
     common_from = {
-        j: max((best_from_step(r) for i in range(len(table.rows)) for r in chosen[i, j][0]), default=0)
+        j: max(
+            (r.allocation_final_step() for i in range(len(table.rows)) for r in chosen[i, j][0]), default=0
+        )
         for j in range(len(table.columns))
     }
     for i, (row, paper) in enumerate(zip(table.rows, paper_rows(table), strict=True)):
         row_cells = []
         for j, col in enumerate(table.columns):
             used, excluded = chosen[i, j]
-            pairs = [
-                (r, v) for r in used if (v := value(r, col.metric, protocol, common_from[j])) is not None
-            ]
+            pairs = [(r, v) for r in used if (v := r.value(col.metric, protocol, common_from[j])) is not None]
             vals = [v for r, v in pairs if not is_degenerate(r, col.metric, v)]
             cell = Cell(table.name, row, col, protocol, stats(vals, len(pairs) - len(vals)),
                         _num(paper[col.paper_col]), used, excluded)  # fmt: skip
@@ -437,7 +338,7 @@ def by_row(table: Table, cells: list[Cell]) -> list[tuple[Row, list[Cell]]]:
 
 def params_m(cells: list[Cell]) -> str:
     """Our trainable budget (paper convention, result["params"]["budget"]) in millions."""
-    counts = [r["params"]["budget"] for c in cells for r in c.runs if r.get("params")]
+    counts = [r.params["budget"] for c in cells for r in c.runs if r.params]
     if not counts:
         return ""
     mean = statistics.fmean(counts)
@@ -524,20 +425,20 @@ def warnings(cells: list[Cell]) -> list[str]:
     """Cells whose runs repeat a seed (counted), or that left out runs of another configuration."""
     out = []
     for c in cells:
-        seeds = [r.get("seed") for r in c.runs]
+        seeds = [r.seed for r in c.runs]
         where = f"{c.table} {c.row.label} {c.row.budget or ''} {c.column.task}"
         if len(set(seeds)) < len(seeds):
             out.append(f"{where}: repeated seeds {sorted(seeds)}")
         for r in c.excluded:
             out.append(
-                f"{where}: excluded `{r['_path']}` (another configuration beyond the seed than the cell's "
+                f"{where}: excluded `{r.path}` (another configuration beyond the seed than the cell's "
                 f"{len(c.runs)} runs: data, schedule or knobs)"
             )
     return out
 
 
 def write_report(s: Scan, used: set[str], notes: list[str], path: Path) -> None:
-    unused = [r for r in s.ok if r["_path"] not in used]
+    unused = [r for r in s.ok if r.path not in used]
     lines = [
         "# Runs behind these tables",
         "",
@@ -557,27 +458,27 @@ def write_report(s: Scan, used: set[str], notes: list[str], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def precision_note(runs: list[dict]) -> str:
+def precision_note(runs: list[RunRecord]) -> str:
     """Which arithmetic the table's runs used (result.json ``precision``; older runs did not record it)."""
     counts: dict[str, int] = {}
-    for r in {r["_path"]: r for r in runs}.values():
-        kind = (r.get("precision") or {}).get("compute", "not recorded")
+    for r in {r.path: r for r in runs}.values():
+        kind = (r.precision or {}).get("compute", "not recorded")
         counts[kind] = counts.get(kind, 0) + 1
     return "Arithmetic: " + ", ".join(f"{k} ({n} runs)" for k, n in sorted(counts.items())) + "."
 
 
-def table_model(table: Table, runs: list[dict], model: str | None) -> str:
+def table_model(table: Table, runs: list[RunRecord], model: str | None) -> str:
     """The backbone a table counts: the one asked for, else the paper's when any of its runs exist, else
     the backbone with the most runs of the table's tasks and methods (said on stdout and in the title)."""
     if model:
         return model
-    if any(r.get("model") == table.model for r in runs):
+    if any(r.model == table.model for r in runs):
         return table.model
     tasks, methods = {c.task for c in table.columns}, {r.method for r in table.rows}
     counts: dict[str, int] = {}
     for r in runs:
-        if r.get("task") in tasks and r.get("method") in methods:
-            counts[r["model"]] = counts.get(r["model"], 0) + 1
+        if r.task in tasks and r.method in methods:
+            counts[r.model] = counts.get(r.model, 0) + 1
     return max(sorted(counts), key=counts.get) if counts else table.model
 
 
@@ -602,7 +503,7 @@ def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str
         write_wide_csv(table, cells, out_dir / f"{table.name}.csv")
         write_tex(table, cells, protocol, out_dir / f"{table.name}.tex", backbone)
         rows += [row for p in PROTOCOLS for row in tidy(every[p])]
-        used |= {r["_path"] for c in cells for r in c.runs}
+        used |= {r.path for c in cells for r in c.runs}
         notes += warnings([c for c in cells if c.column])
     with open(out_dir / "cells.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
@@ -612,8 +513,8 @@ def build(runs_dir: Path, out_dir: Path, model: str | None = None, protocol: str
     for row in allocation.write(s.ok, out_dir):
         print(
             f"allocation {row['model']} {row['task']} {row['method']}: {row['seeds']} seeds, mean pairwise r "
-            f"{allocation._f(row['mean_r'])} (permutation p {allocation._f(row['p'], 3)}), "
-            f"cos(B, B0) {allocation._f(row['b_cos_init'], 3)}"
+            f"{allocation.fmt(row['mean_r'])} (permutation p {allocation.fmt(row['p'], 3)}), "
+            f"cos(B, B0) {allocation.fmt(row['b_cos_init'], 3)}"
         )
     return s
 

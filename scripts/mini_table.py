@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import MATRICES, _heatmap, plt, rank_grid, save  # noqa: E402
-from make_tables import GLUE, scan, value  # noqa: E402
+from dora.records import RunRecord, Scan, scan
+from scripts.figures import heatmap, mean_grid, plt, rank_grid, save
+from scripts.make_tables import GLUE
 
 MODEL = "minilm"
 COLUMNS = [c for c in GLUE if c.task in ("rte", "mrpc", "stsb", "cola", "sst2")]
@@ -47,33 +47,33 @@ def collect(runs: Path, out: Path) -> int:
     return n
 
 
-def run_rows(results: list[dict]) -> pd.DataFrame:
-    """One row per MiniLM run on the five tasks: values under both protocols, params and seconds."""
+def run_rows(s: Scan) -> pd.DataFrame:
+    """One row per MiniLM run on the five tasks (of the scan's DataFrame): values under both protocols,
+    params and seconds."""
     metric = {c.task: c.metric for c in COLUMNS}
-    rows = []
-    for r in results:
-        if r.get("model") != MODEL or r.get("task") not in metric or r.get("method") not in METHODS:
-            continue
-        t = r.get("timing", {})
-        rows.append(
-            {
-                "task": r["task"],
-                "method": r["method"],
-                "seed": r["seed"],
-                "metric": metric[r["task"]],
-                **{p: value(r, metric[r["task"]], p) for p in PROTOCOLS},
-                "params": (r.get("params") or {}).get("budget"),
-                "steps": t.get("steps"),
-                "setup_s": t.get("setup_s"),
-                "train_s": t.get("train_s"),
-                "eval_s": t.get("eval_s"),
-                "run": r["_path"],
-            }
-        )
-    df = pd.DataFrame(rows)
+    runs = s.frame()
+    mine = runs[(runs.model == MODEL) & runs.task.isin(list(metric)) & runs.method.isin(list(METHODS))]
+    df = pd.DataFrame([run_row(r, metric[r.task]) for r in mine.run])
     if not df.empty:
         df["run_s"] = df[["setup_s", "train_s", "eval_s"]].sum(axis=1, min_count=2)
     return df
+
+
+def run_row(r: RunRecord, metric: str) -> dict:
+    t = r.timing
+    return {
+        "task": r.task,
+        "method": r.method,
+        "seed": r.seed,
+        "metric": metric,
+        **{p: r.value(metric, p) for p in PROTOCOLS},
+        "params": (r.params or {}).get("budget"),
+        "steps": t.get("steps"),
+        "setup_s": t.get("setup_s"),
+        "train_s": t.get("train_s"),
+        "eval_s": t.get("eval_s"),
+        "run": r.path,
+    }
 
 
 def cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -239,21 +239,23 @@ def write_md(c: pd.DataFrame, df: pd.DataFrame, s, path: Path) -> None:
 
 
 # -- heatmap ------------------------------------------------------------------------------------------
-def heatmap(results: list[dict], out: Path) -> bool:
+def rank_figure(runs: list[RunRecord], out: Path) -> bool:
     """Final rank per (matrix, layer), mean over seeds: one panel per task, one row per method."""
     grids: dict[tuple[str, str], list] = {}
-    for r in results:
-        if r.get("model") == MODEL and r.get("method") in ("dora", "adalora") and r.get("budget") == "low":
-            grid = rank_grid(r.get("rank_pattern") or {})
+    for r in runs:
+        if r.model == MODEL and r.method in ("dora", "adalora") and r.budget == "low":
+            grid = rank_grid(r)
             if grid is not None:
-                grids.setdefault((r["method"], r["task"]), []).append(grid)
+                grids.setdefault((r.method, r.task), []).append(grid)
     if not grids:
         return False
     methods = [m for m in ("dora", "adalora") if any(k[0] == m for k in grids)]
     tasks = [c for c in COLUMNS if any(k[1] == c.task for k in grids)]
     fig, axes = plt.subplots(len(methods), len(tasks), figsize=(2.8 * len(tasks), 2.8 * len(methods)),
                              squeeze=False, layout="constrained")  # fmt: skip
-    vmax = max(float(np.max(g)) for found in grids.values() for g in found)  # one colour scale for all panels
+    vmax = max(
+        float(np.max(g.values)) for found in grids.values() for g in found
+    )  # one colour scale for all panels
     rows, image = [], None
     for i, m in enumerate(methods):
         for j, col in enumerate(tasks):
@@ -261,11 +263,11 @@ def heatmap(results: list[dict], out: Path) -> bool:
             if not found:
                 axes[i, j].set_axis_off()
                 continue
-            mean = sum(found) / len(found)
-            image = _heatmap(axes[i, j], mean, f"{METHODS[m]}, {col.title} ({len(found)} seeds)", vmax)
+            mean = mean_grid(found)
+            image = heatmap(axes[i, j], mean, f"{METHODS[m]}, {col.title} ({len(found)} seeds)", vmax)
             rows += [
                 {"method": m, "task": col.task, "matrix": name, **{f"L{k + 1}": v for k, v in enumerate(row)}}
-                for name, row in zip(MATRICES.values(), mean, strict=True)
+                for name, row in zip(mean.rows, mean.values, strict=True)
             ]
     fig.suptitle("all-MiniLM-L6-v2, b(T) = 2: final rank per matrix and layer (mean over seeds)", fontsize=10)
     fig.supxlabel("layer")
@@ -277,7 +279,7 @@ def heatmap(results: list[dict], out: Path) -> bool:
 
 def build(runs: Path, out: Path) -> pd.DataFrame:
     s = scan(runs)
-    df = run_rows(s.ok)
+    df = run_rows(s)
     if df.empty:
         raise SystemExit(
             f"error: no completed {MODEL} runs on {', '.join(c.task for c in COLUMNS)} below {runs}"
@@ -287,7 +289,7 @@ def build(runs: Path, out: Path) -> pd.DataFrame:
     c.to_csv(out / "table.csv", index=False)
     df.drop(columns="run").assign(run=[Path(p).name for p in df["run"]]).to_csv(out / "runs.csv", index=False)
     write_md(c, df, s, out / "table.md")
-    heatmap(s.ok, out)
+    rank_figure(s.ok, out)
     return df
 
 

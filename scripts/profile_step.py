@@ -10,23 +10,12 @@ compare methods within one run, not across runs. The README's "Where a DynDoRA s
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module
-    spec.loader.exec_module(module)
-    return module
+from scripts import bench
 
 
 def main(argv=None) -> None:
@@ -40,7 +29,6 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=40)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    bench = load_bench()
     torch.manual_seed(0)
     backbone = bench.build_backbone(a.model)
     benches = [bench.build_bench(m, backbone, a.rank, 170, "cpu") for m in a.methods.split(",")]

@@ -1,7 +1,7 @@
 """Choose a learning rate for one (model, method, task) on seeds the tables do not report.
 
     python scripts/tune.py --model minilm --method dora --task stsb --lrs 1e-3,3e-3,1e-2 [--seeds 0]
-        [--runs runs/tune] [--jobs N] [--protocol last|best] [--dry-run] [-- OVERRIDES...]
+        [--runs runs/tune] [--jobs N] [--protocol last|best] [--experiment tune] [--dry-run] [-- OVERRIDES...]
 
 Runs the grid through scripts/grid.py (experiment ``tune``: finished runs are skipped, an interrupted
 grid resumes), then takes every rate's mean dev headline over the seeds, picks the best, says when it
@@ -14,7 +14,6 @@ A failed run (e.g. diverged at a high rate) counts as a failed rate, never as a 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import grid  # noqa: E402
-
-from dora.config import tuned_dir  # noqa: E402
+from dora.config import tuned_dir
+from dora.records import RunRecord
+from scripts import grid
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,11 +33,6 @@ def overrides(a: argparse.Namespace, extra: list[str]) -> list[str]:
         f"model={a.model}", f"method={a.method}", f"task={a.task}",
         f"trainer.lr={a.lrs}", f"seed={a.seeds}", *extra,
     ]  # fmt: skip
-
-
-def score(result: dict, protocol: str) -> float | None:
-    source = result["best"] if protocol == "best" else result["metrics"]
-    return source.get(result["headline"])
 
 
 def collect(runs: list[grid.Run], protocol: str) -> tuple[dict[float, dict], str | None]:
@@ -54,11 +46,11 @@ def collect(runs: list[grid.Run], protocol: str) -> tuple[dict[float, dict], str
         if not path.is_file():
             entry["failed" if (run.folder / "failure.json").is_file() else "missing"] += 1
             continue
-        result = json.loads(path.read_text())
-        headline = result["headline"]
-        entry["scores"].append(score(result, protocol))
-        entry["seeds"].append(result["seed"])
-        entry["degenerate"] += bool(result.get("degenerate"))
+        r = RunRecord.read(run.folder)
+        headline = r.headline
+        entry["scores"].append(r.value(headline, protocol))
+        entry["seeds"].append(r.seed)
+        entry["degenerate"] += bool(r.degenerate)
     return dict(sorted(per_lr.items())), headline
 
 
@@ -132,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--launcher", default="auto")
     p.add_argument("--out", type=Path, default=None, help="tuned folder (default configs/tuned)")
+    p.add_argument("--experiment", default="tune", help="experiment file holding the schedule (default tune)")
     p.add_argument("--dry-run", action="store_true")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -141,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(lrs) < 2 or any(not _positive(x) for x in lrs):
         p.error(f"--lrs {a.lrs!r}: give at least two positive numbers, e.g. 1e-3,3e-3,1e-2")
     ov = overrides(a, a.extra)
-    runs = grid.plan("tune", a.runs, ov)
-    grid.report("tune", runs)
+    runs = grid.plan(a.experiment, a.runs, ov)
+    grid.report(a.experiment, runs)
     if a.dry_run:
         return 0
     if not all(r.done for r in runs):
-        grid.launch("tune", a.runs, ov, a.launcher, a.jobs, per_gpu=1)
-        runs = grid.plan("tune", a.runs, ov)
+        grid.launch(a.experiment, a.runs, ov, a.launcher, a.jobs, per_gpu=1)
+        runs = grid.plan(a.experiment, a.runs, ov)
     per_lr, headline = collect(runs, a.protocol)
     rows = summarise(per_lr)
     best, edge = choose(rows)

@@ -1,12 +1,13 @@
 """Benchmark tasks, registered by name: GLUE (one table-driven class); later SQuAD and XSum."""
 
+from dora.config import TaskConfig
 from dora.registry import Registry, import_submodules
 
-TASKS = Registry("task")
+TASKS = Registry("task", TaskConfig)
 
-from tasks.base import Task, TaskData  # noqa: E402
+from tasks.base import Task, TaskData, evaluate_split  # noqa: E402
 
-__all__ = ["TASKS", "Task", "TaskData", "build_task"]
+__all__ = ["TASKS", "Task", "TaskData", "build_task", "evaluate_split"]
 
 
 def build_task(cfg, data_dir) -> Task:

@@ -11,7 +11,7 @@ class KeepIndex:
     """Pads with ``inner`` and passes the integer ``eval_index`` column through as a (batch,) LongTensor.
 
     Training rows have no such column, so training batches reach ``model(**batch)`` untouched; the task's
-    ``evaluate`` pops the index before its forward pass.
+    ``predict`` leaves the index out of its forward pass and returns it with the outputs.
     """
 
     def __init__(self, inner):

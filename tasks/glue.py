@@ -173,7 +173,7 @@ class Glue(Task):
     def check_data(self) -> None:
         if self.data_dir is None:
             return
-        for canonical, spec in self.cfg.splits.items():
+        for canonical, spec in self.splits.items():
             path = self.local_path(parse_split(spec).name)
             if not os.path.isfile(path):
                 folder = os.path.dirname(path)
@@ -246,26 +246,21 @@ class Glue(Task):
             return ds
 
         # evaluated shortest first: GLUE metrics do not depend on the order, and batches pad least
-        evals = {name: by_length(prepare(self.cfg.splits[name])) for name in self.eval_splits}
-        return TaskData(prepare(self.cfg.splits["train"]), evals, self.data_notes())
+        evals = {name: by_length(prepare(self.splits[name])) for name in self.eval_splits}
+        return TaskData(prepare(self.splits["train"]), evals, self.data_notes())
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)
 
     # -- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, model, loader, accelerator, split: str) -> dict[str, float]:
-        model.eval()
-        preds, refs = [], []
-        for batch in loader:
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            logits, labels = accelerator.gather_for_metrics((logits, labels))
-            preds.append((logits.squeeze(-1).float() if self.spec.regression else logits.argmax(-1)).cpu())
-            refs.append(labels.cpu())
-        model.train()
-        values = metrics.compute(self.spec.metrics, torch.cat(preds).numpy(), torch.cat(refs).numpy())
-        return {f"{split}/{name}": v for name, v in values.items()}
+    def predict(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        preds = logits.squeeze(-1).float() if self.spec.regression else logits.argmax(-1)  # (batch,)
+        return {"preds": preds, "labels": batch["labels"]}
+
+    def score(self, split: str, outputs: list[dict]) -> dict[str, float]:
+        preds, refs = (torch.cat([out[k] for out in outputs]).numpy() for k in ("preds", "labels"))
+        return metrics.compute(self.spec.metrics, preds, refs)
 
     def trivial_scores(self, evals: dict) -> dict[str, list[float]]:
         """Each metric's value for every constant prediction (each class; for regression a constant,

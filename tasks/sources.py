@@ -118,7 +118,7 @@ class LocalFileTask(Task):
     def check_data(self) -> None:
         if self.data_dir is None or self.fallback_note is not None:
             return
-        self.cfg.splits, self.fallback_note = resolve_splits(
+        self.splits, self.fallback_note = resolve_splits(
             self.cfg.name, self.local_files(), dict(self.cfg.splits), dict(self.cfg.local_fallback)
         )
 

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from datasets import Dataset
 from rouge_score import rouge_scorer
 from transformers import DataCollatorForSeq2Seq
@@ -133,7 +134,7 @@ class Xsum(LocalFileTask):
     def load(self, tokenizer, max_length: int) -> TaskData:
         self.check_data()
         self.tokenizer = tokenizer
-        raw = self.raw_split(self.cfg.splits["train"])
+        raw = self.raw_split(self.splits["train"])
         enc = tokenizer(raw["document"], truncation=True, max_length=max_length)
         labels = tokenizer(text_target=raw["summary"], truncation=True, max_length=self.cfg.target_length)
         train = Dataset.from_dict(
@@ -147,7 +148,7 @@ class Xsum(LocalFileTask):
         return TaskData(train, evals, self.data_notes())
 
     def _eval_dataset(self, split: str, tokenizer, max_length: int) -> Dataset:
-        raw = self.raw_split(self.cfg.splits[split])
+        raw = self.raw_split(self.splits[split])
         n = min(len(raw["document"]), self.cfg.predict_limit or len(raw["document"]))
         self.references[split] = raw["summary"][:n]
         enc = tokenizer(raw["document"][:n], truncation=True, max_length=max_length)
@@ -159,29 +160,28 @@ class Xsum(LocalFileTask):
         return KeepIndex(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
 
     # -- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, model, loader, accelerator, split: str) -> dict[str, float]:
-        generator = accelerator.unwrap_model(model)  # generate() lives on the bare model, not the DDP wrapper
-        pad = self.tokenizer.pad_token_id
-        model.eval()
-        predictions: dict[int, str] = {}
-        for batch in loader:
-            index = batch.pop(INDEX)
-            out = generator.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                num_beams=self.cfg.num_beams,
-                max_new_tokens=self.cfg.max_new_tokens,
-            )  # (batch, generated tokens)
-            out = accelerator.pad_across_processes(out, dim=1, pad_index=pad)
-            out, index = accelerator.gather_for_metrics((out, index))
-            texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-            predictions.update(zip(index.tolist(), texts, strict=True))
-        model.train()
+    def predict(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        # generate() lives on the bare model, not on the DDP wrapper
+        generator = extract_model_from_parallel(model)
+        summary = generator.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            num_beams=self.cfg.num_beams,
+            max_new_tokens=self.cfg.max_new_tokens,
+        )  # (batch, generated tokens)
+        return {"summary": summary, "index": batch[INDEX]}
+
+    def padding(self) -> dict[str, float]:
+        return {"summary": self.tokenizer.pad_token_id}
+
+    def score(self, split: str, outputs: list[dict]) -> dict[str, float]:
+        texts: dict[int, str] = {}
+        for out in outputs:
+            decoded = self.tokenizer.batch_decode(out["summary"], skip_special_tokens=True)
+            texts.update(zip(out["index"].tolist(), decoded, strict=True))
         refs = self.references[split]
-        self.predictions[split] = [predictions[i].strip() for i in range(len(refs))]
-        values = rouge(self.predictions[split], refs)
-        return {f"{split}/{name}": v for name, v in values.items()}
+        self.predictions[split] = [texts[i].strip() for i in range(len(refs))]
+        return rouge(self.predictions[split], refs)
 
 
 TASKS.add("xsum", Xsum, XsumConfig)

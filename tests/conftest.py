@@ -17,8 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config):
     """One thread for every run the tests start, module-scoped fixtures included (they run before the
-    function-scoped monkeypatch below): results must not depend on the caller's OMP_NUM_THREADS."""
+    function-scoped monkeypatch below): results must not depend on the caller's OMP_NUM_THREADS. The
+    subprocesses they start (run.py, scripts, grid jobs) import this checkout, as its editable install
+    does, whichever checkout the interpreter has installed."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def pytest_addoption(parser):

@@ -3,11 +3,9 @@ No timing assertions: speed is judged from results/bench/llm_*.json, never from 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
-from tests.helpers import REPO
+from scripts import bench_llm
 
 TINY = ["--device", "cpu", "--layers", "1", "--hidden", "32", "--intermediate", "64", "--heads", "4"]
 TINY += ["--kv-heads", "2", "--vocab", "64", "--seq-len", "8", "--steps", "2", "--warmup", "1"]
@@ -15,11 +13,7 @@ TINY += ["--reps", "2", "--threads", "1", "--total-steps", "100"]
 
 
 def test_bench_llm_writes_ratios_and_allocator_share(tmp_path, one_thread):
-    spec = importlib.util.spec_from_file_location("bench_llm", REPO / "scripts" / "bench_llm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_llm"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    module.main([*TINY, "--out", str(tmp_path / "llm.json")])
+    bench_llm.main([*TINY, "--out", str(tmp_path / "llm.json")])
     result = json.loads((tmp_path / "llm.json").read_text())
     assert set(result["methods"]) == {"lora", "dora"} and result["threads"] == 1
     for row in result["methods"].values():

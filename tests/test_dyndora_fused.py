@@ -1,22 +1,23 @@
 """DynDoRA's fused CPU layer (issue 17, item 9) against the composed ops it replaces.
 
 The reference is the layer's forward before the change (nn.Dropout, F.linear, addmm), kept here
-verbatim. A training run through the runner's step order (tiny RoBERTa, dropout on everywhere, pruning
+verbatim. A training run through the runner's own step (tiny RoBERTa, dropout on everywhere, pruning
 events included) must give bit-identical losses, weights, method state and RNG stream."""
 
 from __future__ import annotations
 
 import types
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
 from dora.methods import TaskInfo, build_method
 from dora.methods.dyndora.layer import DynDoRALinear, _AdaptedLinearCPU
 from dora.models import load_backbone
+from dora.step import train_step
 from tests.helpers import compose
 
 
@@ -31,20 +32,21 @@ def composed_forward(self, x):
 
 def build(steps: int, *overrides: str):
     cfg = compose("model=tiny_roberta", "method=dora", "budget=low", *overrides)
-    model_cfg = OmegaConf.to_object(cfg.model)
     torch.manual_seed(0)
-    backbone = load_backbone(model_cfg, "seq_cls", 2)
-    method = build_method(OmegaConf.to_object(cfg.method), OmegaConf.to_object(cfg.budget))
+    backbone = load_backbone(cfg.model, "seq_cls", 2)
+    method = build_method(cfg.method, cfg.budget)
     info = TaskInfo("t", "seq_cls", backbone.family, backbone.head_prefixes, steps)
     model = method.apply(backbone.model, info).train()
     return model, method
 
 
 def train(model, method, steps: int, seed: int = 7):
-    """The runner's step: forward, + DEM, backward, clip, AdamW, schedule, pruning hook, zero_grad."""
+    """The runner's own step (dora.step.train_step): forward, + DEM, backward, clip, AdamW, schedule,
+    pruning hook, zero_grad."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=4e-3, weight_decay=0.01)
-    sched = get_linear_schedule_with_warmup(opt, 2, steps)
+    trainee = SimpleNamespace(model=model, method=method, optimizer=opt, total_steps=steps,
+                              scheduler=get_linear_schedule_with_warmup(opt, 2, steps))  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     losses = []
@@ -54,15 +56,8 @@ def train(model, method, steps: int, seed: int = 7):
         mask = torch.ones_like(ids)
         mask[1, n // 2 :] = 0
         labels = torch.randint(0, 2, (4,), generator=g)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        extra = method.extra_loss(model, step)
-        (loss if extra is None else loss + extra).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        method.after_optimizer_step(step, steps)
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        losses.append(train_step(trainee, batch, step, max_grad_norm=1.0).loss.item())
     return losses, torch.rand(4)  # the next random numbers: the dropout draws consumed alike
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dora.records import RunRecord, scan
+from scripts import allocation, make_tables
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import allocation  # noqa: E402
-import make_tables  # noqa: E402
 
 LAYER = "bert.encoder.layer.{}.{}"
 MATS = ("attention.self.query", "attention.self.key", "attention.self.value", "output.dense")
@@ -68,9 +67,10 @@ def test_common_protocol_gives_every_method_the_same_eligible_evaluations(tmp_pa
 def test_common_protocol_reads_old_runs_final_step_from_budget_history():
     old = result("adalora", 1, [(60, 50.0), (120, 55.0)], task="rte")
     old["budget_history"] = [[55, 80], [65, 72]]
-    assert make_tables.best_from_step(old) == 65
-    assert make_tables.value(old, "dev/accuracy", "common", 65) == 55.0
-    assert make_tables.value(old, "dev/accuracy", "common", 500) == 55.0  # none that late: the last
+    old = RunRecord.from_result(old, "old")
+    assert old.allocation_final_step() == 65
+    assert old.value("dev/accuracy", "common", 65) == 55.0
+    assert old.value("dev/accuracy", "common", 500) == 55.0  # none that late: the last
 
 
 def test_degenerate_runs_are_counted_apart_never_averaged_in(tmp_path):
@@ -98,11 +98,11 @@ def test_degenerate_runs_are_counted_apart_never_averaged_in(tmp_path):
 
 def test_result_json_constant_scores_decide_over_the_official_table():
     r = result("lora", 1, [(10, 52.7075812274)], task="rte")
-    assert make_tables.is_degenerate(r, "dev/accuracy", 52.7075812274)
+    assert make_tables.is_degenerate(RunRecord.from_result(r, "r"), "dev/accuracy", 52.7075812274)
     r["config"]["task"]["splits"]["dev"] = "train:0:100"  # not the official dev set: no table to use
-    assert not make_tables.is_degenerate(r, "dev/accuracy", 52.7075812274)
+    assert not make_tables.is_degenerate(RunRecord.from_result(r, "r"), "dev/accuracy", 52.7075812274)
     r["constant_scores"] = {"dev/accuracy": [55.0, 45.0]}
-    assert make_tables.is_degenerate(r, "dev/accuracy", 45.0)
+    assert make_tables.is_degenerate(RunRecord.from_result(r, "r"), "dev/accuracy", 45.0)
 
 
 @pytest.mark.full_data  # the official dev sets' label shares: the full files, not data/fixtures
@@ -139,12 +139,12 @@ def test_dyndora_is_named_dyndora_in_tables(tmp_path):
     assert "Arithmetic: not recorded (1 runs)." in md
 
 
-def patterned(method, seed, ranks: dict, diag=None) -> dict:
+def patterned(method, seed, ranks: dict, diag=None) -> RunRecord:
     r = result(method, seed, [(10, 80.0)])
     r["rank_pattern"] = ranks
     if diag:
         r["diagnostics"] = diag
-    return r
+    return RunRecord.from_result(r, f"{method}{seed}")
 
 
 def test_allocation_reproducible_patterns_score_high_with_small_p():
@@ -174,7 +174,7 @@ def test_allocation_uniform_patterns_have_no_correlation():
 
 def test_committed_mini_results_dyndora_allocation_is_noise_adalora_reproducible():
     """The review of results/mini: DynDoRA's patterns ≈ uncorrelated across seeds, AdaLoRA's reproducible."""
-    s = make_tables.scan(REPO / "results" / "mini" / "runs")
+    s = scan(REPO / "results" / "mini" / "runs")
     rows = allocation.diagnose(s.ok)
     dora = [r for r in rows if r["method"] == "dora"]
     ada = [r for r in rows if r["method"] == "adalora"]
@@ -189,5 +189,5 @@ def test_committed_study_stage1_report_is_rebuilt_from_its_result_files(tmp_path
     make_tables.build(stage1 / "runs", tmp_path, protocol="common")
     for name in ("allocation.csv", "cells.csv", "table2.md"):
         assert (tmp_path / name).read_text() == (stage1 / name).read_text(), name
-    rows = {(r["task"], r["lr"]): r for r in allocation.diagnose(make_tables.scan(stage1 / "runs").ok)}
+    rows = {(r["task"], r["lr"]): r for r in allocation.diagnose(scan(stage1 / "runs").ok)}
     assert float(rows["cola", 0.01]["b_cos_init"]) < 0.8 and rows["stsb", 0.003]["p"] < 0.05

@@ -4,19 +4,16 @@ No timing assertions: the figures of a smoke run mean nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import run_script
 
 
 @pytest.mark.slow  # about 1-3 minutes on a busy 2-core CPU: `make test-all` or `pytest -m slow`
 def test_cpu_smoke_runs_every_part(tmp_path):
     out = tmp_path / "smoke.json"
-    cmd = [sys.executable, "scripts/gpu_check.py", "--cpu-smoke", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = run_script("gpu_check.py", "--cpu-smoke", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["smoke"] is True and r["device"] == "cpu"
@@ -37,7 +34,5 @@ def test_without_cuda_the_gpu_check_says_so():
 
     if torch.cuda.is_available():
         return
-    proc = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    proc = run_script("gpu_check.py")
     assert proc.returncode != 0 and "--cpu-smoke" in proc.stderr

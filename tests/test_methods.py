@@ -4,9 +4,10 @@ Methods come from the registry (``dora.methods.METHODS``): a new method is cover
 Per method and backbone: only the method's parameters and the head change during training; the output
 at init equals the base model's (``init_identity``: "exact" by default, "near" for small random inits,
 None to skip); a save/load round trip reproduces the outputs and the method state; ``budget_params``
-equals the closed form after T steps; merging (where the method has ``merge``) leaves outputs unchanged.
-Optional class attributes a method may declare: ``init_identity``, ``trains_backbone`` (full, BitFit),
-``closed_form_params(model, family)`` (default for budgeted methods: r x sum of d_in + d_out).
+equals the closed form after T steps; merging (where ``merge`` gives a model) leaves outputs unchanged.
+What a method declares for these checks (defaults on dora.methods.base.Method): ``init_identity``,
+``trains_backbone`` (full, BitFit), ``closed_form_params(model, family)`` (default for budgeted methods:
+r x sum of d_in + d_out).
 Method-specific checks of the PEFT baselines (AdaLoRA schedule and regulariser, PEFT export) follow.
 """
 
@@ -16,22 +17,25 @@ import copy
 import dataclasses
 import functools
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import REPO, compose, run_inprocess
-from omegaconf import OmegaConf
 from peft import PeftModel
 from safetensors.torch import load_file
 
 from dora.methods import METHODS, TaskInfo, build_method
+from dora.methods._peft import PeftMethod
 from dora.methods.base import is_head
 from dora.models import adapted_linears, load_backbone
 from dora.results import save_tensors
+from dora.step import train_step
 
 MODELS = ("tiny_roberta", "tiny_bart")
 STEPS = 6  # T of the matrix runs: long enough for every schedule to finish its allocation
 MATRIX = [(m, b) for m in METHODS.names() for b in MODELS]
+PEFT_METHODS = [e.name for e in METHODS if issubclass(e.cls, PeftMethod)]  # LoRA, AdaLoRA, ...
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -39,7 +43,7 @@ MATRIX = [(m, b) for m in METHODS.names() for b in MODELS]
 def configs(method: str, model: str, budget: str = "low"):
     """(model, method, budget) config objects, composed as the CLI composes them."""
     cfg = compose(f"method={method}", f"model={model}", f"budget={budget}", "task=rte")
-    return tuple(OmegaConf.to_object(cfg[g]) for g in ("model", "method", "budget"))
+    return cfg.model, cfg.method, cfg.budget
 
 
 def fresh(method: str, model: str, budget: str = "low", steps: int = STEPS):
@@ -67,18 +71,16 @@ def logits(model, seed: int = 99) -> torch.Tensor:
 
 
 def train(model, method, steps: int = STEPS) -> None:
-    """The runner's step order: loss + extra -> backward -> clip -> step -> method hook -> zero_grad."""
+    """The runner's own step (dora.step.train_step) at a constant learning rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    trainee = SimpleNamespace(
+        model=model, method=method, optimizer=optimizer, scheduler=constant, total_steps=steps
+    )
     model.train()
     for step in range(1, steps + 1):
-        loss = model(**batch(step)).loss
-        extra = method.extra_loss(model, step)
-        (loss if extra is None else loss + extra).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        method.after_optimizer_step(step, steps)
-        optimizer.zero_grad(set_to_none=True)
+        assert train_step(trainee, batch(step), step, max_grad_norm=1.0).stepped
 
 
 def head_param(name: str, prefixes) -> bool:
@@ -112,14 +114,14 @@ def test_only_method_params_and_head_change(method, model):
     heads = {n for n in changed if head_param(n, info.head_prefixes)}
     assert heads, "the task head must train"
     assert changed - heads, "the method's own parameters must train"
-    if not getattr(m, "trains_backbone", False):
+    if not m.trains_backbone:
         leaked = [n for n, p in net.named_parameters() if p.requires_grad and id(p) in backbone_params]
         assert not leaked, f"backbone parameters left trainable: {leaked[:3]}"
 
 
 @pytest.mark.parametrize(("method", "model"), MATRIX)
 def test_output_at_init_equals_base_model(method, model):
-    kind = getattr(METHODS.get(method).cls, "init_identity", "exact")
+    kind = METHODS.get(method).cls.init_identity
     if kind is None:
         pytest.skip(f"{method} does not start as the base model")
     backbone, m, info = fresh(method, model)
@@ -158,11 +160,13 @@ def test_budget_params_equal_closed_form(method, model):
     net, m, info, _, _ = trained(method, model)
     base, _, _ = fresh(method, model)
     budget = m.budget_params(net)
-    if hasattr(m, "closed_form_params"):
-        assert budget == m.closed_form_params(base.model, info.family)
+    closed_form = m.closed_form_params(base.model, info.family)
+    if closed_form is not None:
+        assert budget == closed_form
     elif m.uses_budget:
         sizes = {n: lin.in_features + lin.out_features for n, lin in adapted_linears(base.model, info.family)}
-        ranks = m.rank_pattern(net) if hasattr(m, "rank_pattern") else dict.fromkeys(sizes, m.budget.rank)
+        pattern = m.rank_pattern(net)
+        ranks = pattern if pattern is not None else dict.fromkeys(sizes, m.budget.rank)
         assert ranks.keys() == sizes.keys()
         assert sum(ranks.values()) == m.budget.rank * len(sizes)
         assert budget == sum(ranks[n] * sizes[n] for n in sizes)
@@ -176,11 +180,11 @@ def test_budget_params_equal_closed_form(method, model):
 @pytest.mark.parametrize(("method", "model"), MATRIX)
 def test_merge_is_equivalent(method, model):
     net, m, *_ = trained(method, model)
-    if not hasattr(m, "merge"):
-        pytest.skip(f"{method} has no merge")
     net, m = copy.deepcopy((net, m))  # merging is destructive; the cached run stays intact
     expected = logits(net)
     merged = m.merge(net)
+    if merged is None:
+        pytest.skip(f"{method} has no merge")
     torch.testing.assert_close(logits(merged), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -194,7 +198,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 # PEFT checks rank_pattern keys against module names, but AdaLoRA's own keys name parameters
 # ("<module>.lora_E"), so loading any saved AdaLoRA adapter warns about every key: a false alarm
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys did not match:RuntimeWarning")
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize("method", PEFT_METHODS)
 @pytest.mark.parametrize("model", MODELS)
 def test_peft_export_reloads_with_head(method, model, tmp_path):
     """``export`` writes a folder plain PEFT reloads, trained head included (pitfalls #4, #12)."""

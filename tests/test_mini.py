@@ -6,17 +6,14 @@ import csv
 import itertools
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, compose, run_cli
-
-sys.path.insert(0, str(REPO / "scripts"))
-import grid  # noqa: E402
-import mini_table  # noqa: E402
+from dora.families import ENCODER_MATRICES
+from scripts import grid, mini_table
+from tests.helpers import REPO, compose, run_cli, run_script
 
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
 METHODS = ["dora", "adalora", "lora", "bitfit", "full"]
@@ -87,10 +84,7 @@ def test_dry_run_lists_the_runs_whose_results_are_committed():
     """`make mini-table DRY_RUN=1` plans exactly the 75 folders results/mini/runs holds, all done."""
     make = subprocess.run(["make", "-n", "mini-table", "DRY_RUN=1"], cwd=REPO, capture_output=True, text=True)
     assert "scripts/grid.py mini --runs runs/mini --jobs 2" in make.stdout and "--dry-run" in make.stdout
-    out = subprocess.run(
-        [sys.executable, "scripts/grid.py", "mini", "--runs", str(COMMITTED / "runs"), "--dry-run"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    out = run_script("grid.py", "mini", "--runs", str(COMMITTED / "runs"), "--dry-run")
     assert out.returncode == 0, out.stderr
     assert "mini: 75 runs, 75 done, 0 to run" in out.stdout
     committed = {p.parent.name for p in (COMMITTED / "runs").glob("*/result.json")}
@@ -111,7 +105,7 @@ LAYER = "bert.encoder.layer.{}.{}"
 
 def fake_result(task: str, method: str, seed: int, best: float, last: float) -> dict:
     metric = {c.task: c.metric for c in mini_table.COLUMNS}[task]
-    ranks = {LAYER.format(i, m): (i + seed) % 3 for i in range(6) for m in mini_table.MATRICES}
+    ranks = {LAYER.format(i, m): (i + seed) % 3 for i in range(6) for m in ENCODER_MATRICES}
     return {
         "task": task, "method": method, "model": "minilm", "seed": seed, "status": "ok",
         "budget": None if method == "bitfit" else "low", "config": {},
@@ -159,13 +153,13 @@ def test_aggregator_means_stds_avg_ranks_and_paired_differences(fake_runs, tmp_p
 
 
 def test_collect_copies_results_and_no_runs_is_one_error_line(fake_runs, tmp_path):
-    cmd = [sys.executable, "scripts/mini_table.py", "--runs", str(fake_runs), "--out", str(tmp_path / "o")]
-    done = subprocess.run([*cmd, "--collect"], cwd=REPO, capture_output=True, text=True)
+    args = ["--runs", str(fake_runs), "--out", str(tmp_path / "o")]
+    done = run_script("mini_table.py", *args, "--collect")
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "o" / "runs").glob("*/result.json"))) == 30
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = subprocess.run([*cmd[:3], str(empty), *cmd[4:]], cwd=REPO, capture_output=True, text=True)
+    bad = run_script("mini_table.py", "--runs", str(empty), *args[2:])
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no completed minilm runs")
     assert len(bad.stderr.strip().splitlines()) == 1
 

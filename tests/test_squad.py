@@ -18,6 +18,7 @@ from dora import hub
 from dora.errors import UserError
 from dora.methods import METHODS
 from dora.models import byte_level_tokenizer
+from tasks import evaluate_split
 from tasks.sources import LocalFiles, resolve_splits
 from tasks.squad import Squad, SquadConfig, harness_names, postprocess
 from tasks.squad.__main__ import main as cli_main
@@ -238,6 +239,18 @@ def test_local_fallback_only_when_train_file_is_missing(data_dir):
         resolve_splits("squad_v1", files, {"train": "train-v1.1", "dev": "dev-v1.1:0:50"}, fallback)
 
 
+def test_fallback_splits_are_the_tasks_own_and_leave_the_config_alone(data_dir):
+    """The task reads (and reports in result.json's data.splits) the fallback; task.splits stays as
+    configured."""
+    fallback = {"train": "dev-v1.1::80%", "dev": "dev-v1.1:80%:"}
+    configured = {"train": "train-v1.1", "dev": "dev-v1.1"}
+    cfg = SquadConfig(name="squad_v1", splits=dict(configured), local_fallback=fallback)
+    task = Squad(cfg, str(data_dir))
+    task.check_data()
+    assert task.splits == fallback and cfg.splits == configured
+    assert task.data_notes()["splits"] == fallback and "not comparable" in task.data_notes()["fallback"]
+
+
 def test_unreachable_hub_is_one_clear_error(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var)
@@ -366,7 +379,7 @@ def test_oracle_logits_score_100_through_the_whole_pipeline(squad_dir, version, 
     assert len(task.evalsets["dev"].windows) > len(task.evalsets["dev"].examples)
     loader = DataLoader(data.evals["dev"], batch_size=5, collate_fn=task.collator(tok))
     model = Oracle(task.evalsets["dev"].windows)
-    metrics = task.evaluate(model, loader, Accelerator(cpu=True), "dev")
+    metrics = evaluate_split(task, model, loader, Accelerator(cpu=True), "dev")
     expected = 100.0
     if (version, protocol) == (
         2,

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from dora.config import CONFIG_DIR, register_configs
+from dora.cli import compose_config
 from tests.helpers import REPO
 
 TINY = ["task=rte", "method=bitfit", "debug=tiny", "task.splits.train=train:0:32", "task.splits.dev=dev:0:16",
@@ -21,10 +19,7 @@ TINY = ["task=rte", "method=bitfit", "debug=tiny", "task.splits.train=train:0:32
 
 
 def hydra_config(*overrides: str):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True).hydra
+    return compose_config(list(overrides), return_hydra_config=True).hydra
 
 
 def test_slurm_launcher_config_composes():

@@ -5,22 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
-from dora.config import CONFIG_DIR
-from tests.helpers import REPO, compose
-
-sys.path.insert(0, str(REPO / "scripts"))
-import figures  # noqa: E402
-import grid  # noqa: E402
-import make_tables  # noqa: E402
+from dora.cli import compose_config
+from dora.records import RunRecord, scan
+from scripts import figures, grid, make_tables
+from tests.helpers import REPO, compose, run_script
 
 # the paper's grids (mini_* is the MiniLM mini-reproduction, tests/test_mini.py; _* are shared parts)
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("[!_]*.yaml"))
@@ -151,7 +144,7 @@ def test_missing_cells_stay_missing(tables):
 
 
 def test_failed_incomplete_and_other_models_are_listed_never_counted(runs, tables):
-    s = make_tables.scan(runs)
+    s = scan(runs)
     assert [Path(p).name for p, _ in s.failed] == ["failed"]
     assert [Path(p).name for p in s.incomplete] == ["killed"]
     report = (tables / "runs.md").read_text()
@@ -171,8 +164,9 @@ def test_table2_md_shows_the_papers_value_beside_ours(tables):
 
 
 def test_the_command_line_on_the_fixture(runs, tmp_path):
-    cmd = [sys.executable, "scripts/make_tables.py", "--runs", str(runs), "--out", str(tmp_path)]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    done = run_script("make_tables.py", "--runs", str(runs), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "9 runs ok, 1 failed, 1 incomplete" in out and "table2.md" in out
 
 
@@ -257,9 +251,7 @@ def test_command_line_overrides_replace_the_configs_sweep(tmp_path):
 def test_run_folders_are_the_names_hydra_gives_the_jobs(target, extra, tmp_path):
     """grid.py names folders without composing each run; Hydra names the launched job's folder."""
     for run in grid.plan(target, tmp_path, extra)[::17]:
-        compose(*run.overrides)  # the plug-in schemas registered
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=run.overrides, return_hydra_config=True)
+        cfg = compose_config(run.overrides, return_hydra_config=True)
         assert run.folder == tmp_path / cfg.hydra.job.override_dirname
 
 
@@ -277,15 +269,8 @@ def test_figure2_averages_rank_patterns_over_seeds(tmp_path):
     for active in (2, 4):  # two seeds
         pattern = {f"roberta.encoder.layer.{i}.{m}": active for i in range(12) for m in DORA_LAYERS}
         config = {"budget": {"rank": 2}, "method": {"init_ratio": 1.5, "dem_coef": 0.5}}
-        runs.append(
-            {
-                "model": "roberta_base",
-                "task": "sst2",
-                "method": "dora",
-                "config": config,
-                "rank_pattern": pattern,
-            }
-        )
+        fields = {"model": "roberta_base", "task": "sst2", "method": "dora", "config": config}
+        runs.append(RunRecord.from_result({**fields, "rank_pattern": pattern}, f"seed{active}"))
     assert figures.figure2(runs, "roberta_base", tmp_path)
     rows = read_csv(tmp_path / "fig2.csv")
     assert [r["matrix"] for r in rows] == ["Wq", "Wk", "Wv", "Wo", "Wf1", "Wf2"]
@@ -294,7 +279,7 @@ def test_figure2_averages_rank_patterns_over_seeds(tmp_path):
 
 
 def test_sweep_plot_has_one_point_per_knob_value_with_error_bars(runs, tmp_path):
-    ok = make_tables.scan(runs).ok
+    ok = scan(runs).ok
     path = figures.sweep_plot(ok, "stsb", "method.dem_coef", tmp_path)
     points = read_csv(path.with_suffix(".csv"))
     got = {float(p["x"]): (float(p["mean"]), p["n"]) for p in points}
@@ -316,7 +301,7 @@ def test_dyndora_recipe_is_the_papers_table8():
 
 
 def test_concurrent_grid_jobs_get_distinct_gpus(tmp_path, monkeypatch):
-    import grid_job
+    from scripts import grid_job
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("DORA_RUNS_PER_GPU", "1")
@@ -334,6 +319,35 @@ def test_budget_curves_start_at_b0_and_follow_the_pruning_events(tmp_path):
         "rank_pattern": dict.fromkeys("abcd", 2),
     }
     run["budget_history"] = [[3, 10], [10, 8]]
-    assert figures._budget_points(run) == [(0, 3), (3, 2.5), (10, 2.0)]  # average rank = active / 4 matrices
+    run = RunRecord.from_result(run, "run")
+    assert figures.budget_points(run) == [(0, 3), (3, 2.5), (10, 2.0)]  # average rank = active / 4 matrices
     assert figures.budget_curves([run], tmp_path) == ["budget_rte"]
     assert (tmp_path / "budget_rte.pdf").exists()
+
+
+def test_rank_maps_draw_each_runs_final_ranks_with_the_one_heatmap(tmp_path):
+    """``figures.py ranks``: one figure per run with a rank pattern (RoBERTa's rows, or BART's ten)."""
+    from dora.families import FAMILIES
+
+    roberta = {f"roberta.encoder.layer.{i}.{m}": i % 3 for i in range(2) for m in DORA_LAYERS}
+    bart = {f"model.{s}.layers.0.{m}": 2 for s in ("encoder", "decoder") for m in FAMILIES["bart"].matrices}
+    bart = {n: k for n, k in bart.items() if "encoder.layers.0.encoder_attn" not in n}
+    runs = tmp_path / "runs"
+    for name, pattern in (("enc", roberta), ("bart", bart), ("lora", None)):
+        write_run(runs, name, "rte", "dora", "low", 1, {"dev/accuracy": 60.0}, rank_pattern=pattern)
+    out = tmp_path / "figures"
+    done = run_script("figures.py", "ranks", "--runs", str(runs), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"ranks_{n}.{e}" for n in ("bart", "enc") for e in ("pdf", "png")
+    ]
+    grid = figures.rank_grid(RunRecord.from_result({"rank_pattern": bart}, "bart"))
+    assert len(grid.rows) == 10 and grid.cols == ["enc1", "dec1"]
+
+
+def test_the_papers_figure2_panels_are_its_twelve_layers():
+    """results/paper/fig2.csv's L1..L12 (its budget column is not a layer)."""
+    paper = figures.paper_fig2()
+    assert sorted(paper) == [2, 4, 8, 16]
+    assert paper[2].cols == [str(i) for i in range(1, 13)] and paper[2].values.shape == (6, 12)
+    assert paper[2].values[0, 0] == 3 and paper[8].values[0, 0] == 11  # Wq, layer 1

@@ -4,19 +4,16 @@ a later run reads through ${tuned:}."""
 from __future__ import annotations
 
 import json
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from scripts import grid, tune
 from tests.helpers import compose
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import grid  # noqa: E402
-import tune  # noqa: E402
 
 TINY = [
     "data_dir=" + str(REPO / "data" / "demo"), "task.splits.train=train:0:32", "task.splits.dev=dev:0:32",
@@ -115,3 +112,21 @@ def test_study3_runs_use_each_methods_tuned_rate(tmp_path, monkeypatch):
         and noprune.method.init_ratio == 1.0
         and noprune.method.prune_interval == 10
     )
+
+
+def test_study2_runs_have_stage3s_schedule_and_short_folder_names(tmp_path):
+    """make study2 tunes at stage 3's schedule from the study2 experiment file: the command line carries only
+    model, method, task, the rate grid (and DynDoRA's Delta T), so every run folder's name fits the 255-byte
+    limit of a file name (with the schedule on the command line DynDoRA's names reached 256 bytes)."""
+    extra = [
+        "model=minilm",
+        "method=dora",
+        "task=cola",
+        "trainer.lr=3e-4,1e-3,3e-3",
+        "method.prune_interval=10",
+    ]
+    runs = grid.plan("study2", tmp_path, extra)
+    assert len(runs) == 3 and all(len(r.folder.name.encode()) <= 255 for r in runs)
+    cfg = compose(*grid.job_overrides("study2", extra)[1])
+    assert (cfg.seed, cfg.trainer.lr, cfg.trainer.max_steps, cfg.trainer.eval_every) == (0, 1e-3, 2000, 250)
+    assert cfg.method.prune_interval == 10 and cfg.trainer.weight_decay == 0.01

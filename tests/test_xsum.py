@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from omegaconf import OmegaConf
 from rouge_score import rouge_scorer
 from torch.utils.data import DataLoader
 
 from dora.errors import UserError
 from dora.methods import METHODS
 from dora.models import adapted_linears, byte_level_tokenizer, load_backbone
+from tasks import evaluate_split
 from tasks.xsum import Xsum, XsumConfig, read_jsonl, rouge, split_sentences
 from tests.helpers import compose, run_inprocess
 
@@ -64,13 +64,13 @@ def test_jsonl_reader_and_errors(tmp_path):
 
 def test_bart_adapts_self_and_cross_attention_separately():
     cfg = compose("task=xsum", "model=tiny_bart")
-    bb = load_backbone(OmegaConf.to_object(cfg.model), "seq2seq", 0)
+    bb = load_backbone(cfg.model, "seq2seq", 0)
     names = [n for n, _ in adapted_linears(bb.model, "bart")]
-    layers = cfg.model.tiny
+    encoder, decoder = cfg.model.tiny["encoder_layers"], cfg.model.tiny["decoder_layers"]
     # 6 per encoder layer, 10 per decoder layer (bart-base: 6*6 + 6*10 = 96)
-    assert len(names) == 6 * layers.encoder_layers + 10 * layers.decoder_layers
-    assert sum(".decoder." in n and ".self_attn." in n for n in names) == 4 * layers.decoder_layers
-    assert sum(".encoder_attn." in n for n in names) == 4 * layers.decoder_layers
+    assert len(names) == 6 * encoder + 10 * decoder
+    assert sum(".decoder." in n and ".self_attn." in n for n in names) == 4 * decoder
+    assert sum(".encoder_attn." in n for n in names) == 4 * decoder
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,7 @@ def test_oracle_summaries_score_100_through_the_whole_pipeline(xsum_dir):
     raw = task.raw_split("validation")
     assert len(data.evals["dev"]) == 3 and len(raw["summary"]) == 4  # predict_limit
     loader = DataLoader(data.evals["dev"], batch_size=2, collate_fn=task.collator(tok))
-    metrics = task.evaluate(
-        Oracle(tok, raw["document"], raw["summary"]), loader, Accelerator(cpu=True), "dev"
-    )
+    oracle = Oracle(tok, raw["document"], raw["summary"])
+    metrics = evaluate_split(task, oracle, loader, Accelerator(cpu=True), "dev")
     assert metrics == {"dev/rouge1": 100.0, "dev/rouge2": 100.0, "dev/rougeL": 100.0}
     assert task.predictions["dev"] == raw["summary"][:3]

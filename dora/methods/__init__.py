@@ -1,8 +1,9 @@
 """Fine-tuning methods, one module each, registered by name with their config schema."""
 
+from dora.config import MethodConfig
 from dora.registry import Registry, import_submodules
 
-METHODS = Registry("method")
+METHODS = Registry("method", MethodConfig)
 
 from dora.methods.base import Method, TaskInfo  # noqa: E402
 

@@ -7,9 +7,10 @@ output projection, i.e. on the sublayer output before dropout, the residual add 
 (Houlsby's position), and the same code serves RoBERTa, BERT-style (MiniLM) and BART encoder and
 decoder layers without copying any transformers code:
 
-- Houlsby: two per layer, after the attention output projection (RoBERTa/BERT ``attention.output.dense``,
-  BART ``self_attn.out_proj``; BART's cross-attention gets none, as AdapterHub's default) and after the
-  feed-forward output projection (``output.dense`` / ``fc2``). Bottleneck m = 4r: 8 / 32.
+- Houlsby: two per layer, after the attention output projection (the family's ``attention_output``:
+  RoBERTa/BERT ``attention.output.dense``, BART ``self_attn.out_proj``; BART's cross-attention gets none,
+  as AdapterHub's default) and after the feed-forward output projection (``ffn_output``: ``output.dense``
+  / ``fc2``). Bottleneck m = 4r: 8 / 32.
 - Pfeiffer: one per layer, after the feed-forward output projection. m = 8r: 16 / 64.
   (AdapterHub's Pfeiffer also re-applies the layer's LayerNorm around the adapter, which is not an
   identity at init; here it is the same near-identity module at the feed-forward output.)
@@ -21,28 +22,17 @@ standard deviations, biases 0.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from dora import families
 from dora.config import MethodConfig
 from dora.methods import METHODS
 from dora.methods.base import Method, freeze_all_but
 from dora.models import adapted_linears
 
-# Output projections of the two sublayers, among dora.models.adapted_linears (which excludes the head).
-ATTENTION_OUTPUT = {
-    "roberta": r"\.attention\.output\.dense$",
-    "bert": r"\.attention\.output\.dense$",
-    "bart": r"\.self_attn\.out_proj$",
-}
-FFN_OUTPUT = {
-    "roberta": r"\.layer\.\d+\.output\.dense$",
-    "bert": r"\.layer\.\d+\.output\.dense$",
-    "bart": r"\.fc2$",
-}
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
@@ -107,18 +97,23 @@ def _run_adapter(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
 
 
 class BottleneckAdapters(Method):
-    """Adapters after the sublayers named in ``positions``; backbone frozen, head trained."""
+    """Adapters after the sublayer outputs named in ``positions`` (fields of ``dora.families.Family``:
+    attention_output, ffn_output); backbone frozen, head trained."""
 
     uses_budget = True
     init_identity = "near"  # small random init: close to, not equal to, the base model at step 0
-    positions: tuple[dict[str, str], ...] = ()
+    positions: tuple[str, ...] = ()
 
     def size(self) -> int:
         return self.cfg.size or self.cfg.per_rank * self.budget.rank
 
     def sites(self, model: nn.Module, family: str) -> list[tuple[str, nn.Linear]]:
-        patterns = [re.compile(p[family]) for p in self.positions]
-        return [(n, m) for n, m in adapted_linears(model, family) if any(p.search(n) for p in patterns)]
+        """The adapted matrices at ``positions``, in module order (adapted_linears excludes the head)."""
+        fam = families.get(family)
+        wanted = {getattr(fam, p) for p in self.positions}
+        return [
+            (n, m) for n, m in adapted_linears(model, family) if fam.targets.search(n)["matrix"] in wanted
+        ]
 
     def apply(self, model, info):
         self.info = info
@@ -139,9 +134,8 @@ class BottleneckAdapters(Method):
 
     def closed_form_params(self, model: nn.Module, family: str) -> int:
         """Spec §6 from the architecture's config alone: layers x adapters per layer x (2dm + m + d)."""
-        c = model.config
-        layers = c.encoder_layers + c.decoder_layers if family == "bart" else c.num_hidden_layers
-        d, m = (c.d_model if family == "bart" else c.hidden_size), self.size()
+        layers, d = families.get(family).sizes(model.config)
+        m = self.size()
         return layers * len(self.positions) * (2 * d * m + m + d)
 
 
@@ -149,11 +143,11 @@ class BottleneckAdapters(Method):
 class Houlsby(BottleneckAdapters):
     """Two adapters per layer: after attention and after the feed-forward block."""
 
-    positions = (ATTENTION_OUTPUT, FFN_OUTPUT)
+    positions = ("attention_output", "ffn_output")
 
 
 @METHODS.register("pfeiffer", config=PfeifferConfig)
 class Pfeiffer(BottleneckAdapters):
     """One adapter per layer, after the feed-forward block."""
 
-    positions = (FFN_OUTPUT,)
+    positions = ("ffn_output",)

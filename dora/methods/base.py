@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ class TaskInfo:
 
     name: str  # task name, e.g. "rte"
     head: str  # seq_cls | regression | qa | seq2seq
-    family: str  # roberta | bert | bart
+    family: str  # the backbone's family (dora.families): roberta, bert, bart, ...
     head_prefixes: tuple[str, ...]  # parameter-name prefixes of the task head (trained, not counted)
     total_steps: int  # T: optimizer steps of the whole run (per process)
 
@@ -29,6 +30,9 @@ class Method:
     """
 
     uses_budget = False  # whether budget=low|high changes this method (else result.budget is null)
+    # facts the test matrix (tests/test_methods.py) checks against
+    trains_backbone = False  # tunes pretrained weights itself (full, BitFit): no frozen-backbone check
+    init_identity: str | None = "exact"  # output at init vs the base model: exact | near | None (no check)
 
     def __init__(self, cfg: MethodConfig, budget: BudgetConfig):
         self.cfg = cfg
@@ -70,7 +74,27 @@ class Method:
         written to result.json), e.g. DynDoRA's cosine of B_i to its initial value."""
         return {}
 
-    # optional: rank_pattern(model) -> dict, budget_history() -> list, export(model, dir), merge(model)
+    # -- optional: None (or nothing written) where the method has nothing to give ------------
+    def rank_pattern(self, model: nn.Module) -> dict[str, int] | None:
+        """Active components per adapted matrix (adaptive-rank methods), for result.json."""
+        return None
+
+    def budget_history(self) -> list[list[int]] | None:
+        """``[step, active components]`` at every allocation event, for result.json."""
+        return None
+
+    def export(self, model: nn.Module, out_dir: str | Path) -> Path | None:
+        """Write a reusable artefact into the run folder (e.g. a PEFT adapter); returns its path."""
+        return None
+
+    def merge(self, model: nn.Module) -> nn.Module | None:
+        """The model with the method's weights folded into the base weights (same outputs)."""
+        return None
+
+    def closed_form_params(self, model: nn.Module, family: str) -> int | None:
+        """``budget_params`` from the architecture alone, where it has its own closed form (the test
+        matrix's default for budgeted methods: r x sum of d_in + d_out over the adapted matrices)."""
+        return None
 
     # -- helpers for subclasses ---------------------------------------------------------------
     @property

@@ -113,7 +113,7 @@ class Squad(LocalFileTask):
 
     def load(self, tokenizer, max_length: int) -> TaskData:
         self.check_data()
-        train = self.windows(tokenizer, self.examples(self.cfg.splits["train"]), max_length)
+        train = self.windows(tokenizer, self.examples(self.splits["train"]), max_length)
         train_ds = Dataset.from_dict(
             {
                 "input_ids": train.input_ids,
@@ -126,7 +126,7 @@ class Squad(LocalFileTask):
         return TaskData(train_ds, evals, self.data_notes())
 
     def _eval_dataset(self, split: str, tokenizer, max_length: int) -> Dataset:
-        ex = self.examples(self.cfg.splits[split])
+        ex = self.examples(self.splits[split])
         win = self.windows(tokenizer, ex, max_length)
         kept = list(range(len(win)))
         if self.cfg.protocol == "window":
@@ -145,30 +145,17 @@ class Squad(LocalFileTask):
         return KeepIndex(DataCollatorWithPadding(tokenizer))
 
     # -- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, model, loader, accelerator, split: str) -> dict[str, float]:
-        evalset = self.evalsets[split]
-        model.eval()
-        logits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for batch in loader:
-            index = batch.pop(INDEX)
-            out = model(**batch)
-            start = accelerator.pad_across_processes(out.start_logits, dim=1, pad_index=-1e4)
-            end = accelerator.pad_across_processes(out.end_logits, dim=1, pad_index=-1e4)
-            start, end, index = accelerator.gather_for_metrics((start, end, index))
-            for s, e, w in zip(
-                start.float().cpu().numpy(), end.float().cpu().numpy(), index.tolist(), strict=True
-            ):
-                n = len(evalset.windows.offsets[w])  # drop the padding: (tokens,) logits
-                logits[w] = (s[:n], e[:n])
-        model.train()
-        values = self.score(split, logits)
-        return {f"{split}/{name}": v for name, v in values.items()}
+    def predict(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        out = model(**{k: v for k, v in batch.items() if k != INDEX})
+        return {"start": out.start_logits, "end": out.end_logits, "index": batch[INDEX]}  # (batch, tokens)
 
-    def score(self, split: str, logits) -> dict[str, float]:
+    def padding(self) -> dict[str, float]:
+        return {"start": -1e4, "end": -1e4}  # a padded position never wins a span
+
+    def score(self, split: str, outputs: list[dict]) -> dict[str, float]:
         """Answers from window logits, then official scores under the harness's metric names."""
         evalset, version = self.evalsets[split], self.cfg.version
-        ex, win = evalset.examples, evalset.windows
+        ex, win, logits = evalset.examples, evalset.windows, self.window_logits(split, outputs)
         if self.cfg.protocol == "window":
             texts = postprocess.per_window(win, logits, ex.contexts, version, self.cfg)
             items = [(texts.get(w), ex.answers[win.example[w]]) for w in evalset.kept]
@@ -178,6 +165,16 @@ class Squad(LocalFileTask):
             items = list(zip(texts, ex.answers, strict=True))
             self.predictions[split] = dict(zip(ex.ids, texts, strict=True))
         return harness_names(scoring.score(items, version))
+
+    def window_logits(self, split: str, outputs: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Window index -> (start, end) logits over that window's own tokens (the padding dropped)."""
+        offsets, logits = self.evalsets[split].windows.offsets, {}
+        for out in outputs:
+            starts, ends = out["start"].float().numpy(), out["end"].float().numpy()
+            for s, e, w in zip(starts, ends, out["index"].tolist(), strict=True):
+                n = len(offsets[w])  # (tokens,) logits
+                logits[w] = (s[:n], e[:n])
+        return logits
 
 
 def harness_names(official: dict) -> dict[str, float]:

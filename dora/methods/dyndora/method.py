@@ -36,7 +36,6 @@ from dora.methods.base import Method
 from dora.methods.dyndora import api
 from dora.methods.dyndora.allocator import Schedule
 from dora.methods.dyndora.api import DynDoRAController, check_knobs, initial_rank
-from dora.methods.dyndora.export import PEFT_TASK_TYPES, save_heatmap
 from dora.models import adapted_linears
 
 __all__ = ["DynDoRA", "DynDoRAConfig", "initial_rank"]
@@ -215,10 +214,9 @@ class DynDoRA(Method):
 
     # -- export --------------------------------------------------------------------------------
     def export(self, model: nn.Module, out_dir: str | Path) -> None:
-        """``peft_lora/`` (standard PEFT LoRA adapter) and ``rank_heatmap.png`` in the run folder."""
-        out_dir = Path(out_dir)
-        self.controller.export_peft(out_dir / "peft_lora", task_type=PEFT_TASK_TYPES.get(self.info.head))
-        save_heatmap(self.rank_pattern(model), self.r_init, out_dir / "rank_heatmap.png")
+        """``peft_lora/`` in the run folder: a standard PEFT LoRA adapter (PEFT task type from the head's
+        model class). Its rank heatmap: ``python scripts/figures.py ranks --runs <run folder>``."""
+        self.controller.export_peft(Path(out_dir) / "peft_lora")
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold ΔW = (α/r')·B·diag(c)·A into W0 (in fp32) and put the plain linears back."""
