@@ -81,7 +81,8 @@ class MethodConfig:
 @dataclass
 class BudgetConfig:
     """The paper's parameter budgets, as the average rank r they correspond to on roberta-base
-    (spec §6): low = 0.33M (r = 2), high = 1.33M (r = 8). Each method maps r to its own size."""
+    (docs/dyndora.md#budgets): low = 0.33M (r = 2), high = 1.33M (r = 8). Each method maps r to its
+    own size."""
 
     name: str = MISSING
     rank: int = MISSING
@@ -93,7 +94,7 @@ class BudgetConfig:
 
 @dataclass
 class TrainerConfig:
-    """Optimisation (spec §5): AdamW, linear schedule with warm-up, gradient clipping."""
+    """Optimisation (docs/dyndora.md#recipe): AdamW, linear schedule with warm-up, gradient clipping."""
 
     epochs: int = 3
     max_steps: int = -1  # > 0: stop after this many optimizer steps (T = max_steps)

@@ -92,7 +92,7 @@ HEADS = {
     "seq2seq": Head(AutoModelForSeq2SeqLM, generates=True),
 }
 
-# Task heads: trained by every method, excluded from the paper's parameter counts (spec §6).
+# Task heads: trained by every method, excluded from parameter counts (docs/dyndora.md#parameter-counts).
 HEAD_PREFIXES = ("classifier", "classification_head", "qa_outputs")
 
 
@@ -234,7 +234,7 @@ def _tiny(cfg: ModelConfig, head: str, kwargs: dict):
 
 
 def adapted_linears(model: nn.Module, family: str) -> list[tuple[str, nn.Linear]]:
-    """The linear layers an adapter method targets (the family's matrices), in module order (spec §1)."""
+    """The linear layers an adapter method targets (the family's matrices), in module order (docs/dyndora.md#adapted-matrices)."""
     pattern = families.get(family).targets
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.search(n)]
     return [(n, m) for n, m in found if not n.startswith(HEAD_PREFIXES)]

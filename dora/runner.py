@@ -211,7 +211,7 @@ def build(cfg: RunConfig, out_dir: Path) -> Run:
                           generator=torch.Generator().manual_seed(cfg.seed), **kw)  # fmt: skip
 
     train_loader = accelerator.prepare(loader(data.train, trainer.batch_size, sampler=sampler))
-    # T = ceil(batches per process / grad_accum) x epochs, or max_steps (spec §3)
+    # T = ceil(batches per process / grad_accum) x epochs, or max_steps (docs/dyndora.md#step-count)
     steps_per_epoch = math.ceil(len(train_loader) / trainer.grad_accum)
     total_steps = trainer.max_steps if trainer.max_steps > 0 else steps_per_epoch * trainer.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)

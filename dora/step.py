@@ -4,7 +4,7 @@ Order, per micro-batch: forward -> loss = task loss + ``method.extra_loss`` -> b
 micro-batch of an accumulation: clip -> optimizer.step -> scheduler.step -> ``method.after_optimizer_step``
 -> zero_grad. The method hook comes after both steps and before the gradients are cleared: AdaLoRA's
 ``update_and_allocate`` reads this step's gradients, and DynDoRA scores and prunes the updated weights, as
-the released code does after its scheduler step.
+the released code does after its scheduler step (docs/dyndora.md#step-order).
 """
 
 from __future__ import annotations

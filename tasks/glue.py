@@ -39,7 +39,7 @@ class GlueSpec:
     hub_text: tuple[str, ...]  # text columns on the hub
     local_text: tuple[str | int, ...]  # text columns in the tsv: header names, or indices when headerless
     local_label: str | int
-    metrics: tuple[str, ...]  # first = headline (spec §6)
+    metrics: tuple[str, ...]  # first = headline (docs/dyndora.md#metrics)
     labels: tuple[str, ...] = ()  # string labels in hub id order; empty: labels are numbers in the file
     regression: bool = False
     header: bool = True

@@ -307,7 +307,9 @@ def test_roberta_base_and_bart_targets():
         )
         bart = AutoModelForSequenceClassification.from_config(bart_base)
     targets = adapted_linears(rb, "roberta")
-    assert len(targets) == 72  # spec §1; one unit of average rank = 165,888 parameters (spec §6)
+    # 72 matrices (docs/dyndora.md#adapted-matrices); one unit of average rank = 165,888 parameters
+    # (docs/dyndora.md#budgets)
+    assert len(targets) == 72
     assert sum(m.in_features + m.out_features for _, m in targets) == 165_888
     names = [n for n, _ in adapted_linears(bart, "bart")]
     assert len(names) == 96

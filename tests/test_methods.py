@@ -154,9 +154,10 @@ def test_save_load_round_trip(method, model, tmp_path):
 
 @pytest.mark.parametrize(("method", "model"), MATRIX)
 def test_budget_params_equal_closed_form(method, model):
-    """Spec §6: active components x (d_in + d_out) summed over the adapted matrices, r per matrix on
-    average. Adaptive methods (rank_pattern) may spread r unevenly over matrices of different shapes,
-    so their count follows their final pattern (why the paper lists AdaLoRA at 1.27M, not 1.33M)."""
+    """Active components x (d_in + d_out) summed over the adapted matrices, r per matrix on average
+    (docs/dyndora.md#parameter-counts). Adaptive methods (rank_pattern) may spread r unevenly over
+    matrices of different shapes, so their count follows their final pattern (why the paper lists
+    AdaLoRA at 1.27M, not 1.33M)."""
     net, m, info, _, _ = trained(method, model)
     base, _, _ = fresh(method, model)
     budget = m.budget_params(net)
@@ -201,7 +202,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("method", PEFT_METHODS)
 @pytest.mark.parametrize("model", MODELS)
 def test_peft_export_reloads_with_head(method, model, tmp_path):
-    """``export`` writes a folder plain PEFT reloads, trained head included (pitfalls #4, #12)."""
+    """``export`` writes a folder plain PEFT reloads, trained head too (docs/dyndora.md#saved-adapters)."""
     net, m, *_ = trained(method, model)
     path = m.export(net, tmp_path)
     backbone, _, _ = fresh(method, model)

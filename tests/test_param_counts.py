@@ -1,6 +1,6 @@
-"""Spec §6 parameter accounting (paper convention: head excluded) as closed forms, checked on the real
-architectures' shapes: roberta-base, bart-base and MiniLM built from their configs on the meta device
-(no download, no memory)."""
+"""Parameter accounting in the paper's convention (docs/dyndora.md#parameter-counts: head excluded) as
+closed forms, checked on the real architectures' shapes: roberta-base, bart-base and MiniLM built from
+their configs on the meta device (no download, no memory)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ ARCHS = {  # name -> (family, config)
 # One unit of average rank = sum over adapted matrices of (d_in + d_out):
 # encoder layer: 4 attention (d + d) + FFN (d + f) + (f + d); BART decoder layer adds 4 cross-attention.
 UNIT = {
-    "roberta_base": 12 * (4 * (768 + 768) + 2 * (768 + 3072)),  # 165,888 (spec §6)
+    "roberta_base": 12 * (4 * (768 + 768) + 2 * (768 + 3072)),  # 165,888 (docs/dyndora.md#budgets)
     "minilm": 6 * (4 * (384 + 384) + 2 * (384 + 1536)),  # 41,472
     "bart_base": 6 * (4 * 1536 + 2 * 3840) + 6 * (8 * 1536 + 2 * 3840),  # 202,752
 }
@@ -37,7 +37,7 @@ RANK = {"low": 2, "high": 8}
 
 
 def adapter_count(layers: int, per_layer: int, d: int, m: int) -> int:
-    """Spec §6: per adapter 2dm + m + d (down and up projections with biases)."""
+    """docs/dyndora.md#parameter-counts: per adapter 2dm + m + d (down and up projections with biases)."""
     return layers * per_layer * (2 * d * m + m + d)
 
 
@@ -117,7 +117,7 @@ def test_adapters(arch, budget, method, per_layer, per_rank):
 
 
 def test_adapter_counts_on_roberta_base_match_spec_and_paper():
-    """Spec §6: Houlsby m = 8 / 32 -> 313,536 / 1,198,848 (paper 0.31M / 1.20M);
+    """docs/dyndora.md#parameter-counts: Houlsby m = 8 / 32 -> 313,536 / 1,198,848 (paper 0.31M / 1.20M);
     Pfeiffer m = 16 / 64 -> 304,320 / 1,189,632 (paper 0.30M / 1.19M)."""
     houlsby = [adapter_count(12, 2, 768, m) for m in (8, 32)]
     pfeiffer = [adapter_count(12, 1, 768, m) for m in (16, 64)]

@@ -1,10 +1,11 @@
 """Glue shared by the methods that wrap Hugging Face PEFT (LoRA, AdaLoRA): wrap, don't fork.
 
 ``PeftMethod.apply`` injects PEFT layers into exactly the matrices ``dora.models.adapted_linears`` names
-(the same ones DynDoRA adapts, spec §1) and keeps the task head trainable through PEFT's
-``modules_to_save``, so ``save_pretrained`` stores the head too (pitfalls #12). The runner trains the
-*inner* transformers model (``peft_model.base_model.model``): its parameter names match every other
-method's, and nothing PEFT-specific (such as AdaLoRA's regulariser) hides inside its ``forward``.
+(the same ones DynDoRA adapts, docs/dyndora.md#adapted-matrices) and keeps the task head trainable
+through PEFT's ``modules_to_save``, so ``save_pretrained`` stores the head too
+(docs/dyndora.md#saved-adapters). The runner trains the *inner* transformers model
+(``peft_model.base_model.model``): its parameter names match every other method's, and nothing
+PEFT-specific (such as AdaLoRA's regulariser) hides inside its ``forward``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,6 @@ class PeftMethod(Method):
         return path
 
     def merge(self, model: nn.Module) -> nn.Module:
-        """Fold the low-rank update into the frozen weights (do it in fp32, pitfalls #13); returns the
-        plain transformers model with the trained head."""
+        """Fold the low-rank update into the frozen weights (do it in fp32:
+        docs/dyndora.md#merge-precision); returns the plain transformers model with the trained head."""
         return self.peft.merge_and_unload()

@@ -3,7 +3,7 @@
 Per adapted weight: y = W0 x + (alpha / r_init) P diag(E) Q dropout(x) with Q (r_init x d_in),
 E (r_init x 1, zero at init), P (d_out x r_init). PEFT's RankAllocator scores each triplet (P_i, E_i, Q_i)
 and zeroes E_i of the least important ones, cubically from the initial budget r_init x N down to the
-target r x N (N = adapted matrices). Wiring that PEFT leaves to the caller (pitfalls #1-#5):
+target r x N (N = adapted matrices). Wiring PEFT leaves to the caller (docs/dyndora.md#adalora-through-peft):
 
 - ``update_and_allocate`` runs in ``after_optimizer_step``: after optimizer.step, before zero_grad, on
   real optimizer steps only, with the 1-based step, so the final allocation at T - t_final always happens.
@@ -40,9 +40,9 @@ class AdaLoraMethodConfig(MethodConfig):
 
     name: str = "adalora"
     lr: float = 1e-3  # scripts: 5e-4 .. 2.2e-3 per task (recipes set it)
-    init_ratio: float = 1.5  # r_init = ceil(init_ratio x r): 3 / 12 for r = 2 / 8 (spec §6)
+    init_ratio: float = 1.5  # r_init = ceil(init_ratio x r): 3 / 12 for r = 2 / 8 (docs/dyndora.md#budgets)
     alpha: float = 32.0  # scripts: lora_alpha 16 or 32; PEFT scales by alpha / r_init
-    dropout: float = 0.1  # as DynDoRA's (spec §1)
+    dropout: float = 0.1  # as DynDoRA's (docs/dyndora.md#parameterisation)
     tinit: float = 0.15  # t_init / T: warm-up without masking (scripts: 0.09 .. 0.18)
     tfinal: float = 0.5  # t_final / T: final phase with the pattern fixed (scripts: 0.44 .. 0.58)
     delta_t: int = 10  # steps between budget allocations (scripts: 1, 10 or 100)
@@ -176,7 +176,8 @@ class AdaLora(PeftMethod):
         return [list(row) for row in self.history]
 
     def budget_params(self, model):
-        """Sum over adapted matrices of active triplets x (d_in + d_out); E and head excluded (spec §6)."""
+        """Sum over adapted matrices of active triplets x (d_in + d_out); E and head excluded
+        (docs/dyndora.md#parameter-counts)."""
         active = self.rank_pattern(model)
         return sum(
             active[name] * (layer.in_features + layer.out_features)

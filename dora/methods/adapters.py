@@ -15,7 +15,8 @@ decoder layers without copying any transformers code:
   (AdapterHub's Pfeiffer also re-applies the layer's LayerNorm around the adapter, which is not an
   identity at init; here it is the same near-identity module at the feed-forward output.)
 
-Spec §6 counts (roberta-base, 12 layers, d = 768): Houlsby 12 x 2 x (2 x 768m + m + 768), Pfeiffer
+Parameter counts (roberta-base, 12 layers, d = 768; docs/dyndora.md#parameter-counts):
+Houlsby 12 x 2 x (2 x 768m + m + 768), Pfeiffer
 12 x (2 x 768m + m + 768). Near-identity init (Houlsby §2.1): weights ~ N(0, 1e-2) truncated at two
 standard deviations, biases 0.
 """
@@ -38,7 +39,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Ta
 
 @dataclass
 class AdapterConfig(MethodConfig):
-    """Shared schema. ``size``: bottleneck m; null = ``per_rank`` x budget.rank (spec §6)."""
+    """Shared schema. ``size``: bottleneck m; null = ``per_rank`` x budget.rank (docs/dyndora.md#budgets)."""
 
     name: str = "houlsby"
     lr: float = 3e-4  # Houlsby et al. grid {3e-5, 3e-4, 3e-3}; microsoft/LoRA adapter scripts: 3e-4
@@ -129,11 +130,12 @@ class BottleneckAdapters(Method):
         return [m for m in model.modules() if isinstance(m, Bottleneck)]
 
     def budget_params(self, model):
-        """Every adapter weight and bias: sites x (2dm + m + d) (spec §6)."""
+        """Every adapter weight and bias: sites x (2dm + m + d) (docs/dyndora.md#parameter-counts)."""
         return sum(p.numel() for a in self.adapters(model) for p in a.parameters())
 
     def closed_form_params(self, model: nn.Module, family: str) -> int:
-        """Spec §6 from the architecture's config alone: layers x adapters per layer x (2dm + m + d)."""
+        """The paper's count from the architecture's config alone: layers x adapters per layer x
+        (2dm + m + d) (docs/dyndora.md#parameter-counts)."""
         layers, d = families.get(family).sizes(model.config)
         m = self.size()
         return layers * len(self.positions) * (2 * d * m + m + d)

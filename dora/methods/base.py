@@ -62,7 +62,7 @@ class Method:
             raise ValueError(f"{type(self).__name__} has no state to load, got {sorted(state)}")
 
     def budget_params(self, model: nn.Module) -> int:
-        """Parameter count in the paper's convention: head excluded (spec §6)."""
+        """Parameter count in the paper's convention: head excluded (docs/dyndora.md#parameter-counts)."""
         raise NotImplementedError
 
     def best_from_step(self, total_steps: int) -> int:

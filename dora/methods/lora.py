@@ -2,7 +2,7 @@
 
 Per adapted weight W0 (d_out x d_in): y = W0 x + (alpha / r) B A dropout(x), A (r x d_in) Kaiming-uniform,
 B (d_out x r) zero, so the model is exactly the base model at step 0. ``budget=low|high`` -> r = 2 / 8
-(spec §6: r x 165,888 = 0.33M / 1.33M on roberta-base).
+(r x 165,888 = 0.33M / 1.33M on roberta-base: docs/dyndora.md#budgets).
 """
 
 from dataclasses import dataclass
@@ -18,7 +18,8 @@ from dora.methods._peft import PeftMethod, lora_layers
 class LoraMethodConfig(MethodConfig):
     """``alpha``: LoRA's alpha, kept fixed when r changes (LoRA §4.1: "we simply set alpha to the first
     r we try and do not tune it"); 8 = LoRA paper Table 9 for roberta-base, and DynDoRA's alpha.
-    ``dropout``: on the adapter's input, 0.1 as DynDoRA's (spec §1) for an equal comparison."""
+    ``dropout``: on the adapter's input, 0.1 as DynDoRA's for an equal comparison
+    (docs/dyndora.md#parameterisation)."""
 
     name: str = "lora"
     lr: float = 5e-4  # LoRA paper Table 9 (roberta-base): 4e-4 or 5e-4 per task
@@ -48,7 +49,8 @@ class Lora(PeftMethod):
         )
 
     def budget_params(self, model):
-        """Sum over adapted matrices of r (d_in + d_out): the A and B entries (spec §6)."""
+        """Sum over adapted matrices of r (d_in + d_out): the A and B entries
+        (docs/dyndora.md#parameter-counts)."""
         return sum(
             layer.r[name] * (layer.in_features + layer.out_features)
             for _, layer in lora_layers(model)

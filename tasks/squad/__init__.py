@@ -49,7 +49,7 @@ class SquadConfig(TaskConfig):
     n_best: int = 20  # candidate start and end positions per window
     max_answer_length: int = 30  # tokens
     null_threshold: float = 0.0  # v2: answer "" when null score - best span score > this
-    protocol: str = "question"  # question (standard) | window (the paper's per-window scoring, spec §7.5)
+    protocol: str = "question"  # question (standard) | window (the paper's: docs/dyndora.md#squad-protocol)
     local_fallback: dict[str, str] = field(
         default_factory=dict
     )  # splits used when data_dir has no train file

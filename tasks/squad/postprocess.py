@@ -7,7 +7,7 @@ tokens long; its score is start + end logit. The answer is the best span's conte
 when the null score (start + end logit of <s>, the lowest over the question's windows) exceeds the best
 span's score by more than ``null_threshold``.
 
-Paper protocol (``protocol=window``, spec §7.5, the released DynDoRA code): every window is a scored item
+Paper protocol (``protocol=window``, docs/dyndora.md#squad-protocol): every window is a scored item
 of its own, with its question's gold answers; v1 drops windows that do not hold the answer, v2 keeps all
 and answers "" in a window when that window's null score minus its best span score exceeds the threshold.
 Optimistic and not comparable with the official numbers; kept to reproduce the paper's tables.

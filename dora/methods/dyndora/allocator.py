@@ -1,4 +1,5 @@
-"""DynDoRA's budget schedule, importance scores, global pruning and DEM (spec §2-§4), vectorised.
+"""DynDoRA's budget schedule, importance scores, global pruning and DEM, vectorised. The method:
+docs/dyndora.md#importance-scores, docs/dyndora.md#schedule and docs/dyndora.md#dem.
 
 Layers are grouped by shape so that scores and the DEM regulariser are a few batched ops per group
 (3 groups on roberta-base) instead of one op per component. Scores, EMA and masks stay on the device
@@ -18,7 +19,7 @@ from dora.methods.dyndora.layer import DynDoRALinear
 
 @dataclass(frozen=True)
 class Schedule:
-    """The global cubic budget schedule of spec §3, in optimizer steps counted from 1.
+    """The global cubic budget schedule (docs/dyndora.md#schedule), in optimizer steps counted from 1.
 
     ``warmup`` = t_i = int(warmup_frac·T); pruning clock q = step − t_i; ``last`` = Q =
     int(T·(1 − warmup_frac − final_frac)). Events at 0 ≤ q ≤ Q with q % ΔT == 0 or q == Q; at an event
@@ -81,7 +82,7 @@ class RankAllocator:
         self.history: list[tuple[int, torch.Tensor | int]] = []  # (step, active components) per event
         self.target = schedule.n_components  # N − k of the latest event
 
-    # -- importance (spec §2) ------------------------------------------------------------------
+    # -- importance (docs/dyndora.md#importance-scores) ----------------------------------------
     @torch.no_grad()
     def scores(self) -> torch.Tensor:
         """s_i = ‖ΔW_i‖_F / (‖ΔW‖_F + eps) for every component, (L, r'), in closed form:
@@ -102,7 +103,7 @@ class RankAllocator:
         c = torch.stack([m.lora_c for m in layers]).float()
         return a, b, c
 
-    # -- DEM (spec §4) -------------------------------------------------------------------------
+    # -- DEM (docs/dyndora.md#dem) -------------------------------------------------------------
     def dem(self, norm: str = "code") -> torch.Tensor:
         """R = Σ_matrices Σ_i [Var(A_i) + Var(B_i)] (unbiased, pruned components included), divided by
         2n (code) or n (paper, Eq. 10), n = L·r'. Differentiable."""
@@ -113,7 +114,7 @@ class RankAllocator:
         n = self.schedule.n_components
         return total / (2 * n if norm == "code" else n)
 
-    # -- schedule (spec §3) --------------------------------------------------------------------
+    # -- schedule (docs/dyndora.md#schedule) ---------------------------------------------------
     @torch.no_grad()
     def step(self, step: int) -> dict:
         """After optimizer step ``step`` (1-based): EMA update, pruning event, or final mask."""

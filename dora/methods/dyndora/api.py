@@ -2,7 +2,7 @@
 controller it returns. The harness's ``method=dora`` plug-in (method.py) is a thin wrapper around this
 controller, so the harness, the HF Trainer callback (hf.py) and a plain PyTorch loop run one implementation.
 
-A plain loop, per optimizer step (spec §5)::
+A plain loop, per optimizer step (docs/dyndora.md#step-order)::
 
     loss = model(**batch).loss
     extra = dyndora.extra_loss(step)            # η·DEM while it is on, else None (step counts from 1)

@@ -1,4 +1,4 @@
-"""The adapted linear layer of DynDoRA (spec §1): r' rank-1 components, each with its own gate."""
+"""DynDoRA's adapted linear layer: r' gated rank-1 components (docs/dyndora.md#parameterisation)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """DynDoRA — "DoRA: Enhancing Parameter-Efficient Fine-Tuning with Dynamic Rank Distribution"
-(Mao et al., ACL 2024), as the authors' released code does it (spec: shared/reference/dyndora_spec.md).
+(Mao et al., ACL 2024), as the authors' released code does it (docs/dyndora.md).
 
 Not PEFT's ``use_dora`` (Weight-Decomposed LoRA, Liu et al. 2024), which is a different method.
 
-Where this departs from the released code (MIkumikumi0116/DoRA), deliberately:
-- pruning clock q = step − int(0.15·T) (spec §3). The code computes int(step − 0.15·T), which truncates
+Where this departs from the released code (MIkumikumi0116/DoRA), deliberately (docs/dyndora.md#departures):
+- pruning clock q = step − int(0.15·T). The code computes int(step − 0.15·T), which truncates
   toward zero: when 0.15·T is an integer the two agree exactly; when it is fractional the code has two
   q = 0 steps (two events, each pruning max(k, 1) = 1) and every later event, the final mask, the last
   score update and the last DEM step come one optimizer step later than here (T = 210: events at 31, 32,
@@ -209,7 +209,8 @@ class DynDoRA(Method):
         return self.controller.budget_history()
 
     def budget_params(self, model: nn.Module) -> int:
-        """Σ active components × (d_in + d_out) over adapted matrices; head and gates excluded (spec §6)."""
+        """Σ active components × (d_in + d_out) over adapted matrices; head and gates excluded
+        (docs/dyndora.md#parameter-counts)."""
         return self.controller.budget_params()
 
     # -- export --------------------------------------------------------------------------------

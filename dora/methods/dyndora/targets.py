@@ -25,9 +25,11 @@ PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
     # GPT-2 (Conv1D): attn.c_attn (fused q, k, v), attn.c_proj, mlp.c_fc and mlp.c_proj (4 per layer);
     # the two c_proj are different matrices, told apart by their parent (attn vs mlp)
     "gpt2": (r"(.*\.)?h\.\d+\.(attn\.(c_attn|c_proj)|mlp\.(c_fc|c_proj))", ("gpt2",)),
-    # BERT / RoBERTa / DeBERTa-v2 encoders: q, k, v, attention output, FFN in and out (6 per layer, spec §1)
+    # BERT / RoBERTa / DeBERTa-v2 encoders: q, k, v, attention output, FFN in and out (6 per layer,
+    # docs/dyndora.md#adapted-matrices)
     "bert": (_ENCODER, ("bert", "roberta", "xlm-roberta", "deberta-v2")),
-    # BART: q, k, v, out of every attention (decoder: self and cross), fc1, fc2 (6 / 10 per layer, spec §1)
+    # BART: q, k, v, out of every attention (decoder: self and cross), fc1, fc2 (6 / 10 per layer,
+    # docs/dyndora.md#adapted-matrices)
     "bart": (r"(.*\.)?layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)", ("bart", "mbart")),
     # T5: q, k, v, o of self- and cross-attention, and the FFN (wi or gated wi_0/wi_1, wo)
     "t5": (
