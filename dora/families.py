@@ -1,10 +1,10 @@
 """Backbone families: everything the harness knows about an architecture, in one table.
 
-A family says which linear layers the adapter methods adapt (the paper's six matrices per encoder layer,
-ten per BART decoder layer; docs/dyndora.md#adapted-matrices) and their rows in the Figure-2 rank heatmap,
-after which matrices the bottleneck adapters sit, how to read depth and width off a transformers config, and how to build a
-random-init model of it. ``configs/model/<name>.yaml`` names a family (``family: roberta``), so a new
-backbone is one ``Family`` entry here plus one YAML. Nothing here imports torch: the command-line checks
+A family says which linear layers the adapter methods adapt (the paper's six matrices per encoder layer, ten
+per BART decoder layer; docs/dyndora.md#adapted-matrices) and their rows in the Figure-2 rank heatmap, after
+which matrices the bottleneck adapters sit, how to read depth and width off a transformers config, and how
+to build a random-init model of it. ``configs/model/<name>.yaml`` names a family (``family: roberta``), so a
+new backbone is one ``Family`` entry here plus one YAML. Nothing here imports torch: the command-line checks
 validate ``model.family`` against this table before torch loads.
 """
 
