@@ -140,8 +140,12 @@ mini-report: install ## rebuild MINI_OUT/table.md, table.csv, runs.csv, heatmap 
 # STUDY_OUT/stage1/runs, from which `make study-report` rebuilds the tables and figures (no training).
 STUDY_RUNS ?= runs/study
 STUDY_OUT ?= results/study
+# A grid first seeds STUDY_RUNS/<stage> with the committed results (only where a run has none), so a fresh
+# checkout or a later session resumes where the committed study stopped instead of rerunning it.
+study_seed = $(if $(wildcard $(STUDY_OUT)/$(1)/runs),$(PY) scripts/collect_results.py --missing-only $(STUDY_OUT)/$(1)/runs $(STUDY_RUNS)/$(1),@true)
 .PHONY: study1 study-report
 study1: install ## MiniLM study stage 1 (8 CPU runs, resumable), then study-report
+	$(call study_seed,stage1)
 	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study1 --runs $(STUDY_RUNS)/stage1 --jobs $(MINI_JOBS) \
 	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage1 $(STUDY_OUT)/stage1/runs)
@@ -151,6 +155,7 @@ study1: install ## MiniLM study stage 1 (8 CPU runs, resumable), then study-repo
 # seeds 2 and 1, stage 1's schedule (4 runs) -> STUDY_OUT/pilot/runs.
 .PHONY: study-pilot
 study-pilot: install ## MiniLM study pilots after stage 1: DynDoRA CoLA, eta = 0 at 3e-3 and lr 1e-3 (4 CPU runs)
+	$(call study_seed,pilot)
 	@set -e; for e in study1_pilot_eta0 study1_pilot_lr; do \
 	  OMP_NUM_THREADS=1 $(PY) scripts/grid.py $$e --runs $(STUDY_RUNS)/pilot --jobs $(MINI_JOBS) \
 	    --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS); done
@@ -166,14 +171,17 @@ STUDY_LRS_adalora ?= 1e-3,3e-3,1e-2
 STUDY_LRS_dora ?= 3e-4,1e-3,3e-3
 .PHONY: study2 study3
 study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (36 CPU runs)
+	$(call study_seed,stage2)
 	@set -e; for m in dora lora adalora; do for t in $(STUDY_TASKS); do \
 	  lrs=$$(case $$m in lora) echo "$(STUDY_LRS_lora)";; adalora) echo "$(STUDY_LRS_adalora)";; *) echo "$(STUDY_LRS_dora)";; esac); \
 	  OMP_NUM_THREADS=1 $(PY) scripts/tune.py --model minilm --method $$m --task $$t --lrs $$lrs --seeds 0 \
 	    --experiment study2 --runs $(STUDY_RUNS)/stage2 --jobs $(MINI_JOBS) $(if $(DRY_RUN),--dry-run) -- \
 	    data_dir=$(DATA_DIR) logger=none trainer.progress=false $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS); \
 	done; done
+	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage2 $(STUDY_OUT)/stage2/runs)
 
 study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report
+	$(call study_seed,stage3)
 	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study3 --runs $(STUDY_RUNS)/stage3 --jobs $(MINI_JOBS) \
 	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage3 $(STUDY_OUT)/stage3/runs)

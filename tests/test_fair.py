@@ -191,3 +191,20 @@ def test_committed_study_stage1_report_is_rebuilt_from_its_result_files(tmp_path
         assert (tmp_path / name).read_text() == (stage1 / name).read_text(), name
     rows = {(r["task"], r["lr"]): r for r in allocation.diagnose(scan(stage1 / "runs").ok)}
     assert float(rows["cola", 0.01]["b_cos_init"]) < 0.8 and rows["stsb", 0.003]["p"] < 0.05
+
+
+def test_committed_results_seed_a_runs_folder_without_overwriting(tmp_path):
+    """make study*: the committed result.json files seed a fresh runs folder (the grid then skips those runs);
+    a run's own result.json there is never overwritten."""
+    from scripts.collect_results import collect
+
+    committed, runs = tmp_path / "results", tmp_path / "runs"
+    for name, text in (("a", "committed a"), ("b", "committed b")):
+        (committed / name).mkdir(parents=True)
+        (committed / name / "result.json").write_text(text)
+    (runs / "b").mkdir(parents=True)
+    (runs / "b" / "result.json").write_text("the run's own")
+    assert collect(committed, runs, missing_only=True) == 1
+    assert (runs / "a" / "result.json").read_text() == "committed a"
+    assert (runs / "b" / "result.json").read_text() == "the run's own"
+    assert collect(committed, runs) == 2 and (runs / "b" / "result.json").read_text() == "committed b"
