@@ -169,16 +169,24 @@ STUDY_LRS_adalora ?= 1e-3,3e-3,1e-2
 # DynDoRA one step lower than the issue's {1e-3, 3e-3, 1e-2}: the pilots left CoLA at MCC 0 at 3e-3 (with and
 # without DEM) and 1e-2 (stage 1), and learned it at 1e-3 (README "MiniLM study").
 STUDY_LRS_dora ?= 3e-4,1e-3,3e-3
-.PHONY: study2 study3
-study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (36 CPU runs)
+# STUDY_LRS_<method>_<task> replaces the method's grid for one task: on MRPC DynDoRA's best rate was the
+# grid's highest (3e-3), so its grid was extended upward.
+STUDY_LRS_dora_mrpc ?= 3e-4,1e-3,3e-3,1e-2
+STUDY2_GRIDS := $(foreach m,dora lora adalora,$(foreach t,$(STUDY_TASKS),study2-$(m)-$(t)))
+.PHONY: study2 study3 $(STUDY2_GRIDS)
+study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (37 CPU runs)
 	$(call study_seed,stage2)
-	@set -e; for m in dora lora adalora; do for t in $(STUDY_TASKS); do \
-	  lrs=$$(case $$m in lora) echo "$(STUDY_LRS_lora)";; adalora) echo "$(STUDY_LRS_adalora)";; *) echo "$(STUDY_LRS_dora)";; esac); \
-	  OMP_NUM_THREADS=1 $(PY) scripts/tune.py --model minilm --method $$m --task $$t --lrs $$lrs --seeds 0 \
-	    --experiment study2 --runs $(STUDY_RUNS)/stage2 --jobs $(MINI_JOBS) $(if $(DRY_RUN),--dry-run) -- \
-	    data_dir=$(DATA_DIR) logger=none trainer.progress=false $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS); \
-	done; done
+	@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY2_GRIDS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage2 $(STUDY_OUT)/stage2/runs)
+	$(if $(DRY_RUN),@true,$(PY) scripts/study_report.py lr --tuned $(or $(DORA_TUNED_DIR),configs/tuned) --out $(STUDY_OUT)/stage2)
+
+# one (method, task) grid, one run at a time: `make -j2 study2` keeps two runs going until the last grid ends
+$(STUDY2_GRIDS): study2-%:
+	@m=$(word 1,$(subst -, ,$*)); t=$(word 2,$(subst -, ,$*)); \
+	lrs=$(or $(STUDY_LRS_$(subst -,_,$*)),$(STUDY_LRS_$(word 1,$(subst -, ,$*)))); \
+	OMP_NUM_THREADS=1 $(PY) scripts/tune.py --model minilm --method $$m --task $$t --lrs $$lrs --seeds 0 \
+	  --experiment study2 --runs $(STUDY_RUNS)/stage2 --jobs 1 $(if $(DRY_RUN),--dry-run) -- \
+	  data_dir=$(DATA_DIR) logger=none trainer.progress=false $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS)
 
 study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report
 	$(call study_seed,stage3)
@@ -191,6 +199,8 @@ study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), 
 	@for st in stage1 pilot stage3; do if [ -d $(STUDY_OUT)/$$st/runs ]; then \
 	  $(PY) scripts/make_tables.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st --protocol common && \
 	  $(PY) scripts/figures.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st/figures --model minilm; fi; done
+	@if [ -d $(STUDY_OUT)/stage3/runs ]; then $(PY) scripts/study_report.py table --runs $(STUDY_OUT)/stage3/runs --out $(STUDY_OUT)/stage3; fi
+	$(PY) scripts/study_report.py lr --tuned configs/tuned --out $(STUDY_OUT)/stage2
 
 # -- learning-rate selection (scripts/tune.py): a grid on unreported seeds -> configs/tuned/ --------------
 #   make tune MODEL=minilm METHOD=dora TASK=stsb LRS=1e-3,3e-3,1e-2 SEEDS=0 ARGS="data_dir=../shared/data"

@@ -141,7 +141,13 @@ def figure2(runs: list[RunRecord], model: str, out: Path) -> bool:
 
 # -- budget and training curves -----------------------------------------------------------------------
 def _group_label(r: RunRecord) -> str:
-    return f"{r.method} {r.budget or ''} ({r.model})".replace("  ", " ")
+    """One curve per configuration: method (DynDoRA with b(0) = b(T) is "dora no pruning"), budget,
+    backbone and learning rate, so that runs at two rates or with and without pruning are never pooled."""
+    name = r.method + (
+        " no pruning" if r.method == "dora" and _close(r.cfg("method.init_ratio"), 1.0) else ""
+    )
+    lr = r.cfg("trainer.lr")
+    return f"{name} {r.budget or ''} ({r.model}{f', lr {lr:g}' if lr else ''})".replace("  ", " ")
 
 
 def budget_curves(runs: list[RunRecord], out: Path) -> list[str]:

@@ -4,6 +4,7 @@ a later run reads through ${tuned:}."""
 from __future__ import annotations
 
 import json
+import subprocess
 from argparse import Namespace
 from pathlib import Path
 
@@ -130,3 +131,19 @@ def test_study2_runs_have_stage3s_schedule_and_short_folder_names(tmp_path):
     cfg = compose(*grid.job_overrides("study2", extra)[1])
     assert (cfg.seed, cfg.trainer.lr, cfg.trainer.max_steps, cfg.trainer.eval_every) == (0, 1e-3, 2000, 250)
     assert cfg.method.prune_interval == 10 and cfg.trainer.weight_decay == 0.01
+
+
+def test_make_study2_runs_one_grid_per_method_and_task_with_its_rates():
+    """`make -j2 study2` runs the 12 (method, task) grids as separate targets (two runs at a time until the
+    last grid ends); a task may extend its method's grid (DynDoRA on MRPC, whose best rate was the highest)."""
+
+    def dry(*targets: str) -> str:
+        done = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert dry("study2").count("scripts/tune.py") == 12
+    assert "--jobs 1" in dry("study2-lora-cola") and "lrs=3e-4,1e-3,3e-3;" in dry("study2-lora-cola")
+    assert "lrs=1e-3,3e-3,1e-2;" in dry("study2-adalora-stsb")
+    assert "lrs=3e-4,1e-3,3e-3;" in dry("study2-dora-cola")
+    assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-dora-mrpc")

@@ -1,0 +1,326 @@
+"""The MiniLM study's own report (README "MiniLM study"), a pure function of committed files.
+
+python scripts/study_report.py table --runs results/study/stage3/runs --out results/study/stage3
+    study.md / study.csv    per task and method: mean ± std over seeds under the protocols last, common
+                            and best (the paper's), degenerate runs (at a constant predictor) counted apart
+    paired.md / paired.csv  seed-paired differences DynDoRA − LoRA, DynDoRA − AdaLoRA and DynDoRA −
+                            (DynDoRA without pruning) per task and on the task average: every seed's
+                            difference, mean ± std, how many seeds favour DynDoRA, paired t-test p
+    ranks_mean.{png,pdf}    Figure-2-style map of DynDoRA's final rank per (matrix, layer), mean over
+                            seeds, one panel per task
+python scripts/study_report.py lr --tuned configs/tuned --out results/study/stage2
+    lr.md / lr.csv          stage 2's evidence: every rate's score per method and task, and the choice
+
+The methods are the run's ``method``, except that DynDoRA with ``method.init_ratio`` 1 (b(0) = b(T): no
+pruning) is its own variant, ``dora_noprune``. The ``common`` protocol takes, for every run of a task, the
+best evaluation at or after one step shared by all of that task's runs (the latest step at which any of
+them fixed its allocation), as make_tables.py does per table column.
+
+Degenerate runs and the averages: a per-task cell averages only the runs that left the trivial predictor
+and counts the others apart; a per-task paired difference uses only the seeds at which neither run is
+degenerate. The task average of a seed is the mean of its four headline scores, degenerate ones included
+(leaving them out would compare different task mixes), and a seed enters it only when both methods have
+every task at that seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from dora.records import RunRecord, scan
+from scripts.make_tables import is_degenerate
+
+VARIANTS = {"lora": "LoRA", "adalora": "AdaLoRA", "dora": "DynDoRA", "dora_noprune": "DynDoRA, no pruning"}
+COMPARISONS = (("dora", "lora"), ("dora", "adalora"), ("dora", "dora_noprune"))
+PROTOCOLS = ("last", "common", "best")
+TASK_ORDER = ("cola", "mrpc", "sst2", "stsb", "rte", "qnli", "qqp", "mnli")
+AVG = "avg"
+
+
+def variant(run: RunRecord) -> str:
+    ratio = run.cfg("method.init_ratio")
+    if run.method == "dora" and ratio is not None and math.isclose(float(ratio), 1.0):
+        return "dora_noprune"
+    return run.method
+
+
+def scores(runs: list[RunRecord]) -> pd.DataFrame:
+    """One row per (run, protocol): task, variant, seed, metric, value, degenerate."""
+    common_from: dict[str, int] = {}
+    for r in runs:
+        common_from[r.task] = max(common_from.get(r.task, 0), r.allocation_final_step())
+    rows = []
+    for r in runs:
+        for protocol in PROTOCOLS:
+            v = r.value(r.headline, protocol, common_from[r.task])
+            if v is None:
+                continue
+            rows.append({"task": r.task, "variant": variant(r), "seed": r.seed, "metric": r.headline,
+                         "protocol": protocol, "value": v, "degenerate": is_degenerate(r, r.headline, v)})  # fmt: skip
+    df = pd.DataFrame(rows, columns=["task", "variant", "seed", "metric", "protocol", "value", "degenerate"])
+    duplicated = df.duplicated(["task", "variant", "seed", "protocol"])
+    if duplicated.any():
+        raise SystemExit(
+            "error: two runs share a task, method and seed (mixed configurations in one folder?): "
+            + ", ".join(
+                sorted(
+                    {f"{t}/{m}/seed {s}" for t, m, s in df[duplicated][["task", "variant", "seed"]].values}
+                )
+            )
+        )
+    return df
+
+
+def _std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (protocol, variant, task): n, mean, std over the non-degenerate runs, and the degenerate count;
+    task ``avg``: the mean of the variant's task means where it has every task of the study."""
+    rows = []
+    tasks = _tasks(df)
+    for (protocol, var), g in df.groupby(["protocol", "variant"], sort=False):
+        means = {}
+        for task in tasks:
+            t = g[g.task == task]
+            vals = t[~t.degenerate].value.tolist()
+            mean = statistics.fmean(vals) if vals else None
+            means[task] = mean
+            rows.append({"protocol": protocol, "variant": var, "task": task, "n": len(vals), "mean": mean,
+                         "std": _std(vals), "degenerate": int(t.degenerate.sum())})  # fmt: skip
+        complete = all(m is not None for m in means.values())
+        rows.append({"protocol": protocol, "variant": var, "task": AVG, "n": None,
+                     "mean": statistics.fmean(means.values()) if complete else None, "std": None,
+                     "degenerate": None})  # fmt: skip
+    return pd.DataFrame(rows).astype({"n": "Int64", "degenerate": "Int64"})
+
+
+def paired(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (protocol, comparison, task incl. ``avg``): the seed-paired differences a − b."""
+    from scipy import stats as st
+
+    rows = []
+    tasks = _tasks(df)
+    for protocol in PROTOCOLS:
+        p = df[df.protocol == protocol]
+        for a, b in COMPARISONS:
+            for task in [*tasks, AVG]:
+                pair = _pairs(p, a, b, task, tasks)
+                if pair is None:
+                    continue
+                seeds, xa, xb, skipped = pair
+                d = [x - y for x, y in zip(xa, xb, strict=True)]
+                pvalue = float(st.ttest_rel(xa, xb).pvalue) if len(d) > 1 and _std(d) else None
+                rows.append({
+                    "protocol": protocol, "comparison": f"{a} - {b}", "task": task, "n": len(d),
+                    "mean_diff": statistics.fmean(d) if d else None, "std_diff": _std(d),
+                    "favour_a": sum(x > 0 for x in d), "favour_b": sum(x < 0 for x in d),
+                    "p_ttest": pvalue, "degenerate_pairs": skipped,
+                    "diffs": " ".join(f"{s}:{x:+.2f}" for s, x in zip(seeds, d, strict=True)),
+                })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _tasks(df: pd.DataFrame) -> list[str]:
+    present = set(df.task)
+    return [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
+
+
+def _seed_values(p: pd.DataFrame, var: str, task: str, tasks: list[str]) -> dict[int, tuple[float, bool]]:
+    """seed -> (value, degenerate); for ``avg`` the mean over every task (seeds lacking a task left out)."""
+    g = p[p.variant == var]
+    if task != AVG:
+        return {int(r.seed): (r.value, bool(r.degenerate)) for r in g[g.task == task].itertuples()}
+    out = {}
+    for seed, s in g.groupby("seed"):
+        if set(s.task) >= set(tasks):
+            out[int(seed)] = (statistics.fmean(s[s.task.isin(tasks)].value), False)
+    return out
+
+
+def _pairs(p, a, b, task, tasks):
+    """(seeds, a's values, b's values, pairs left out as degenerate) over the seeds both variants ran,
+    or None when they share none."""
+    va, vb = _seed_values(p, a, task, tasks), _seed_values(p, b, task, tasks)
+    common = sorted(set(va) & set(vb))
+    if not common:
+        return None
+    keep = [s for s in common if not (va[s][1] or vb[s][1])]
+    return keep, [va[s][0] for s in keep], [vb[s][0] for s in keep], len(common) - len(keep)
+
+
+# -- markdown ------------------------------------------------------------------------------------------
+def _f(x, digits=2, signed=False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def summary_md(s: pd.DataFrame, df: pd.DataFrame) -> str:
+    tasks = _tasks(df)
+    metrics = {t: df[df.task == t].metric.iloc[0].split("/")[-1] for t in tasks}
+    lines = [
+        "# MiniLM study, stage 3: mean ± std over seeds (n); +k: runs at a constant predictor, not averaged",
+        "",
+        "Avg: the mean of the task means (where the method has every task).",
+        "",
+    ]
+    for protocol in PROTOCOLS:
+        ps = s[s.protocol == protocol]
+        if ps.empty:
+            continue
+        lines += [f"## Protocol `{protocol}`", "",
+                  "| method | " + " | ".join(f"{t} ({metrics[t]})" for t in tasks) + " | Avg |",
+                  "|---" * (len(tasks) + 2) + "|"]  # fmt: skip
+        for var in [v for v in VARIANTS if v in set(ps.variant)]:
+            cells = []
+            for task in [*tasks, AVG]:
+                r = ps[(ps.variant == var) & (ps.task == task)].iloc[0]
+                if task == AVG:
+                    cells.append(_f(r["mean"]))
+                    continue
+                cell = f"{_f(r['mean'])} ± {_f(r['std'])} ({r['n']})" if r["n"] else "—"
+                cells.append(cell + (f" +{r['degenerate']}" if r["degenerate"] else ""))
+            lines.append(f"| {VARIANTS[var]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def paired_md(pr: pd.DataFrame) -> str:
+    lines = [
+        "# MiniLM study, stage 3: seed-paired differences",
+        "",
+        "Per task, the seeds at which both runs left the trivial predictor (pairs left out: `degenerate`); the",
+        "average: per seed, the mean over the tasks (degenerate scores included). Δ = mean ± std of the differences; favour: seeds with",
+        "Δ > 0 / Δ < 0; p: paired t-test (two-sided). Every seed's difference is listed as seed:Δ.",
+        "",
+    ]
+    for protocol in PROTOCOLS:
+        pp = pr[pr.protocol == protocol]
+        if pp.empty:
+            continue
+        lines += [f"## Protocol `{protocol}`", "", "| comparison | task | n | Δ | favour | p | degenerate | seed:Δ |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in pp.itertuples():
+            a, b = r.comparison.split(" - ")
+            lines.append(
+                f"| {VARIANTS[a]} − {VARIANTS[b]} | {'Avg' if r.task == AVG else r.task} | {r.n} | "
+                f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)} | {r.favour_a}/{r.favour_b} | {_f(r.p_ttest, 3)} | "
+                f"{r.degenerate_pairs} | {r.diffs} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def rank_map(runs: list[RunRecord], out: Path) -> bool:
+    """ranks_mean: DynDoRA's final rank per (matrix, layer), mean over seeds, one panel per task."""
+    from scripts.figures import heatmap, mean_grid, plt, rank_grid, save
+
+    grids: dict[str, list] = {}
+    for r in runs:
+        if variant(r) == "dora" and (g := rank_grid(r)) is not None:
+            grids.setdefault(r.task, []).append(g)
+    if not grids:
+        return False
+    tasks = [t for t in TASK_ORDER if t in grids] + sorted(set(grids) - set(TASK_ORDER))
+    vmax = max(float(g.values.max()) for gs in grids.values() for g in gs)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 2.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        image = heatmap(ax, mean_grid(grids[task]), f"{task}: mean of {len(grids[task])} seeds", vmax=vmax)
+        ax.set_xlabel("layer")
+    fig.colorbar(image, ax=axes[0].tolist(), label="active components")
+    save(fig, out, "ranks_mean")
+    return True
+
+
+def table(runs_dir: Path, out: Path) -> int:
+    s = scan(runs_dir)
+    if not s.ok:
+        raise SystemExit(f"error: no finished runs below {runs_dir}")
+    df = scores(s.ok)
+    summ, pr = summary(df), paired(df)
+    out.mkdir(parents=True, exist_ok=True)
+    summ.to_csv(out / "study.csv", index=False)
+    pr.to_csv(out / "paired.csv", index=False)
+    (out / "study.md").write_text(summary_md(summ, df))
+    (out / "paired.md").write_text(paired_md(pr))
+    rank_map(s.ok, out)
+    print(f"{len(s.ok)} runs ({len(s.failed)} failed, {len(s.incomplete)} incomplete) -> {out}")
+    return 0
+
+
+# -- stage 2 ------------------------------------------------------------------------------------------
+def lr_rows(tuned: Path, model: str = "minilm") -> list[dict]:
+    rows = []
+    for path in sorted(tuned.glob(f"{model}_*.yaml")):
+        t = yaml.safe_load(path.read_text())
+        _, method, task = path.stem.split("_", 2)
+        for g in t["grid"]:
+            rows.append({"method": method, "task": task, "metric": t["metric"], "lr": g["lr"],
+                         "score": g["mean"], "n": g["n"], "failed": g["failed"], "degenerate": g["degenerate"],
+                         "chosen": math.isclose(g["lr"], t["lr"]), "edge_of_grid": t["edge_of_grid"]})  # fmt: skip
+    return rows
+
+
+def lr_md(rows: list[dict]) -> str:
+    lines = [
+        "# MiniLM study, stage 2: learning rates (seed 0, stage 3's schedule, last evaluation)",
+        "",
+        "| method | task | metric | lr → score (**chosen**) | choice at the grid's edge |",
+        "|---|---|---|---|---|",
+    ]
+    order = {m: i for i, m in enumerate(("dora", "lora", "adalora"))}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["task"]), []).append(r)
+    for (method, task), g in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], 9), _task_key(kv[0][1]))
+    ):
+        cells = []
+        for r in sorted(g, key=lambda r: r["lr"]):
+            text = f"{r['lr']:g} → " + ("failed" if r["failed"] else _f(r["score"]))
+            text += " (trivial)" if r["degenerate"] else ""
+            cells.append(f"**{text}**" if r["chosen"] else text)
+        lines.append(f"| {VARIANTS.get(method, method)} | {task} | {g[0]['metric'].split('/')[-1]} | "
+                     f"{'; '.join(cells)} | {'yes' if g[0]['edge_of_grid'] else 'no'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _task_key(task: str) -> int:
+    return TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+
+
+def lr(tuned: Path, out: Path) -> int:
+    rows = lr_rows(tuned)
+    if not rows:
+        raise SystemExit(f"error: no configs/tuned files for minilm in {tuned}")
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "lr.csv", index=False)
+    (out / "lr.md").write_text(lr_md(rows))
+    print(f"{len(rows)} rates -> {out / 'lr.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("table", help="stage 3: per-task table, paired differences, mean rank map")
+    t.add_argument("--runs", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("lr", help="stage 2: the learning-rate evidence from the tuned files")
+    s.add_argument("--tuned", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    return table(a.runs, a.out) if a.cmd == "table" else lr(a.tuned, a.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The MiniLM study's report (scripts/study_report.py) on a fixture folder of stage-3-shaped runs."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import yaml
+
+from scripts import study_report
+from tests.helpers import run_script
+from tests.test_tables import DORA_LAYERS, write_run
+
+# (variant, task) -> last score per seed 1..3; MCC 0 is CoLA's constant predictor
+SCORES = {
+    ("lora", "cola"): (20.0, 22.0, 24.0),
+    ("adalora", "cola"): (10.0, 0.0, 14.0),  # seed 2 at the trivial predictor
+    ("dora", "cola"): (21.0, 25.0, 23.0),
+    ("dora_noprune", "cola"): (22.0, 24.0, 20.0),
+    ("lora", "stsb"): (85.0, 86.0, 84.0),
+    ("adalora", "stsb"): (84.0, 84.0, 84.5),
+    ("dora", "stsb"): (86.0, 85.5, 85.0),
+    ("dora_noprune", "stsb"): (85.0, 85.5, 85.5),
+}
+METRIC = {"cola": "dev/mcc", "stsb": "dev/pearson"}
+
+
+def pattern(seed: int, task: str) -> dict:
+    return {
+        f"roberta.encoder.layer.{i}.{m}": (i + seed + len(task)) % 3 for i in range(2) for m in DORA_LAYERS
+    }
+
+
+@pytest.fixture(scope="module")
+def stage3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage3")
+    for (var, task), values in SCORES.items():
+        method = "dora" if var.startswith("dora") else var
+        knobs = (
+            {"init_ratio": 1.0 if var == "dora_noprune" else 1.5, "dem_coef": 0.3} if method == "dora" else {}
+        )
+        for seed, v in enumerate(values, start=1):
+            metric = METRIC[task]
+            # an earlier, higher evaluation at step 100 (before DynDoRA's allocation is final at step 300)
+            history = [{"step": 100, metric: v + 5}, {"step": 400, metric: v + 1}, {"step": 500, metric: v}]
+            write_run(
+                root, f"{var}-{task}-{seed}", task, method, "low", seed, {metric: v + 1}, {metric: v},
+                knobs=knobs, model="minilm", history=history, best_from_step=300 if method == "dora" else 0,
+                constant_scores={metric: [0.0]},
+                rank_pattern=pattern(seed, task) if var == "dora" else None,
+            )  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(stage3, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    done = run_script("study_report.py", "table", "--runs", str(stage3), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def rows(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_means_leave_degenerate_runs_apart_and_average_over_tasks(report):
+    s = {(r["protocol"], r["variant"], r["task"]): r for r in rows(report / "study.csv")}
+    ada = s["last", "adalora", "cola"]
+    assert (int(ada["n"]), float(ada["mean"]), int(ada["degenerate"])) == (2, 12.0, 1)
+    lora = s["last", "lora", "cola"]
+    assert math.isclose(float(lora["mean"]), 22.0) and math.isclose(float(lora["std"]), 2.0)
+    assert math.isclose(float(s["last", "dora", "avg"]["mean"]), (23.0 + 85.5) / 2)
+    # common: every run of a task is scored from step 300 on (DynDoRA's final allocation), so the step-100
+    # evaluation counts for no method; best: LoRA's own eligible set (from step 0) includes it
+    assert math.isclose(float(s["common", "lora", "cola"]["mean"]), 23.0)
+    assert math.isclose(float(s["best", "lora", "cola"]["mean"]), 23.0)  # result["best"] = v + 1
+    md = (report / "study.md").read_text()
+    assert "| DynDoRA, no pruning |" in md and "12.00 ± 2.83 (2) +1" in md
+
+
+def test_paired_differences_are_per_seed_and_drop_degenerate_pairs(report):
+    p = {(r["protocol"], r["comparison"], r["task"]): r for r in rows(report / "paired.csv")}
+    lora = p["last", "dora - lora", "cola"]
+    assert lora["diffs"] == "1:+1.00 2:+3.00 3:-1.00"
+    assert (int(lora["n"]), int(lora["favour_a"]), int(lora["favour_b"])) == (3, 2, 1)
+    assert math.isclose(float(lora["mean_diff"]), 1.0) and math.isclose(float(lora["std_diff"]), 2.0)
+    from scipy.stats import ttest_rel
+
+    assert math.isclose(float(lora["p_ttest"]), ttest_rel([21, 25, 23], [20, 22, 24]).pvalue)
+    ada = p["last", "dora - adalora", "cola"]
+    assert ada["diffs"] == "1:+11.00 3:+9.00" and int(ada["degenerate_pairs"]) == 1
+    # the average: per seed, the mean over both tasks (AdaLoRA's MCC 0 included)
+    avg = p["last", "dora - adalora", "avg"]
+    assert avg["diffs"] == "1:+6.50 2:+13.25 3:+4.75"
+    noprune = p["last", "dora - dora_noprune", "stsb"]
+    assert noprune["diffs"] == "1:+1.00 2:+0.00 3:-0.50" and (noprune["favour_a"], noprune["favour_b"]) == (
+        "1",
+        "1",
+    )
+    assert "| DynDoRA − LoRA | cola | 3 | +1.00 ± 2.00 | 2/1 |" in (report / "paired.md").read_text()
+
+
+def test_mean_rank_map_is_drawn_for_dyndora(report):
+    assert (report / "ranks_mean.png").is_file() and (report / "ranks_mean.pdf").is_file()
+
+
+def test_two_runs_of_one_cell_and_seed_are_refused(tmp_path):
+    """Two configurations mixed in one folder (e.g. two learning rates) would be averaged as one cell."""
+    runs = tmp_path / "runs"
+    for name, lr in (("a", 1e-3), ("b", 3e-3)):
+        write_run(runs, name, "cola", "lora", "low", 1, {"dev/mcc": 1.0}, model="minilm",
+                  knobs={"lr": lr}, history=[{"step": 1, "dev/mcc": 1.0}])  # fmt: skip
+    done = run_script("study_report.py", "table", "--runs", str(runs), "--out", str(tmp_path / "out"))
+    assert done.returncode != 0 and "cola/lora/seed 1" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_lr_evidence_marks_the_choice_and_the_edge(tmp_path):
+    grid = [
+        {"lr": lr, "n": 1, "mean": m, "failed": f, "degenerate": d}
+        for lr, m, f, d in ((1e-3, 15.7, 0, 0), (3e-3, 0.0, 0, 1), (1e-2, None, 1, 0))
+    ]
+    body = {"lr": 1e-3, "edge_of_grid": False, "metric": "dev/mcc", "grid": grid}
+    (tmp_path / "minilm_dora_cola.yaml").write_text(yaml.safe_dump(body))
+    (tmp_path / "other_lora_cola.yaml").write_text(yaml.safe_dump(body))  # another backbone: not this study
+    assert study_report.main(["lr", "--tuned", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "lr.md").read_text()
+    assert "| DynDoRA | cola | mcc | **0.001 → 15.70**; 0.003 → 0.00 (trivial); 0.01 → failed | no |" in md
+    assert len(rows(tmp_path / "out" / "lr.csv")) == 3
+
+
+def test_training_curves_never_pool_two_rates_or_pruning_with_no_pruning():
+    from dora.records import RunRecord
+    from scripts.figures import _group_label
+
+    def run(ratio, lr):
+        config = {"method": {"init_ratio": ratio}, "trainer": {"lr": lr}}
+        return RunRecord.from_result(
+            {"method": "dora", "budget": "low", "model": "minilm", "config": config}, "r"
+        )
+
+    labels = {_group_label(run(1.5, 1e-3)), _group_label(run(1.0, 1e-3)), _group_label(run(1.5, 3e-3))}
+    assert labels == {
+        "dora low (minilm, lr 0.001)",
+        "dora no pruning low (minilm, lr 0.001)",
+        "dora low (minilm, lr 0.003)",
+    }
