@@ -147,3 +147,17 @@ def test_make_study2_runs_one_grid_per_method_and_task_with_its_rates():
     assert "lrs=1e-3,3e-3,1e-2;" in dry("study2-adalora-stsb")
     assert "lrs=3e-4,1e-3,3e-3;" in dry("study2-dora-cola")
     assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-dora-mrpc")
+
+
+def test_make_study3_parts_are_seed_major_and_name_the_folders_grid_py_study3_names(tmp_path):
+    """`make -j2 study3` runs 20 (method, seed) parts, seed 1 of every method first; together they are
+    exactly the 80 run folders of `scripts/grid.py study3`, so either command resumes the other's runs."""
+    import re
+
+    done = subprocess.run(["make", "-n", "study3"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    parts = re.findall(r"grid\.py (study3_\w+) .*?seed=(\d)", done.stdout.replace("\\\n", " "))
+    assert len(parts) == 20 and [s for _, s in parts] == sorted(s for _, s in parts)
+    folders = [r.folder for e, s in parts for r in grid.plan(e, tmp_path, [f"seed={s}"])]
+    assert sorted(folders) == sorted(r.folder for r in grid.plan("study3", tmp_path, []))
+    assert len(set(folders)) == 80
