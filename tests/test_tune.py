@@ -143,10 +143,12 @@ def test_make_study2_runs_one_grid_per_method_and_task_with_its_rates():
         return done.stdout
 
     assert dry("study2").count("scripts/tune.py") == 12
-    assert "--jobs 1" in dry("study2-lora-cola") and "lrs=3e-4,1e-3,3e-3;" in dry("study2-lora-cola")
+    assert "--jobs 1" in dry("study2-lora-sst2") and "lrs=3e-4,1e-3,3e-3;" in dry("study2-lora-sst2")
     assert "lrs=1e-3,3e-3,1e-2;" in dry("study2-adalora-stsb")
     assert "lrs=3e-4,1e-3,3e-3;" in dry("study2-dora-cola")
-    assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-dora-mrpc")
+    assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-dora-mrpc") and "lrs=3e-4,1e-3,3e-3,1e-2;" in dry(
+        "study2-lora-cola"
+    )
 
 
 def test_make_study3_parts_are_seed_major_and_name_the_folders_grid_py_study3_names(tmp_path):
