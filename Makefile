@@ -169,13 +169,14 @@ STUDY_LRS_adalora ?= 1e-3,3e-3,1e-2
 # DynDoRA one step lower than the issue's {1e-3, 3e-3, 1e-2}: the pilots left CoLA at MCC 0 at 3e-3 (with and
 # without DEM) and 1e-2 (stage 1), and learned it at 1e-3 (README "MiniLM study").
 STUDY_LRS_dora ?= 3e-4,1e-3,3e-3
-# STUDY_LRS_<method>_<task> replaces the method's grid for one task: where the best rate was the grid's
-# highest (DynDoRA on MRPC, LoRA on CoLA: 3e-3), the grid was extended upward.
+# STUDY_LRS_<method>_<task> replaces the method's grid for one task where the best rate sat at an edge: DynDoRA
+# on MRPC (3e-3, the highest) was extended upward; LoRA on CoLA (3e-4, the lowest) downward. LoRA's CoLA grid
+# also holds 1e-2, run by mistake (the edge was misread as the highest) and kept, since it ran.
 STUDY_LRS_dora_mrpc ?= 3e-4,1e-3,3e-3,1e-2
-STUDY_LRS_lora_cola ?= 3e-4,1e-3,3e-3,1e-2
+STUDY_LRS_lora_cola ?= 1e-4,3e-4,1e-3,3e-3,1e-2
 STUDY2_GRIDS := $(foreach m,dora lora adalora,$(foreach t,$(STUDY_TASKS),study2-$(m)-$(t)))
 .PHONY: study2 study3 $(STUDY2_GRIDS)
-study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (38 CPU runs)
+study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (39 CPU runs)
 	$(call study_seed,stage2)
 	@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY2_GRIDS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage2 $(STUDY_OUT)/stage2/runs)
