@@ -48,6 +48,13 @@ class RunRecord:
     degenerate: bool | None = None  # the last headline equals a constant predictor's
     precision: dict | None = None
     diagnostics: dict | None = None
+    env: dict | None = None  # git sha, package versions, device ("cpu", "cuda:0")
+
+    @property
+    def device(self) -> str | None:
+        """``gpu`` or ``cpu``: where the run trained (None for runs without env)."""
+        dev = (self.env or {}).get("device")
+        return None if dev is None else "gpu" if str(dev).startswith("cuda") else str(dev).split(":")[0]
 
     @classmethod
     def from_result(cls, result: dict, path: str | Path) -> RunRecord:

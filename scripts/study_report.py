@@ -63,8 +63,10 @@ def scores(runs: list[RunRecord]) -> pd.DataFrame:
             if v is None:
                 continue
             rows.append({"task": r.task, "variant": variant(r), "seed": r.seed, "metric": r.headline,
-                         "protocol": protocol, "value": v, "degenerate": is_degenerate(r, r.headline, v)})  # fmt: skip
-    df = pd.DataFrame(rows, columns=["task", "variant", "seed", "metric", "protocol", "value", "degenerate"])
+                         "protocol": protocol, "value": v, "degenerate": is_degenerate(r, r.headline, v),
+                         "device": r.device or "unknown"})  # fmt: skip
+    columns = ["task", "variant", "seed", "metric", "protocol", "value", "degenerate", "device"]
+    df = pd.DataFrame(rows, columns=columns)
     duplicated = df.duplicated(["task", "variant", "seed", "protocol"])
     if duplicated.any():
         raise SystemExit(
@@ -172,6 +174,8 @@ def summary_md(s: pd.DataFrame, df: pd.DataFrame) -> str:
         "",
         "Avg: the mean of the task means (where the method has every task).",
         "",
+        "Where the runs trained: " + devices_line(df) + ".",
+        "",
     ]
     for protocol in PROTOCOLS:
         ps = s[s.protocol == protocol]
@@ -192,6 +196,16 @@ def summary_md(s: pd.DataFrame, df: pd.DataFrame) -> str:
             lines.append(f"| {VARIANTS[var]} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def devices_line(df: pd.DataFrame) -> str:
+    """Per task, how many runs trained on each device, e.g. ``cola: 20 gpu; mrpc: 15 cpu, 5 gpu``."""
+    runs = df[df.protocol == df.protocol.iloc[0]]
+    parts = []
+    for task in _tasks(df):
+        counts = runs[runs.task == task].device.value_counts().sort_index()
+        parts.append(f"{task}: " + ", ".join(f"{n} {dev}" for dev, n in counts.items()))
+    return "; ".join(parts)
 
 
 def paired_md(pr: pd.DataFrame) -> str:

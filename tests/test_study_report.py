@@ -49,6 +49,7 @@ def stage3(tmp_path_factory):
                 knobs=knobs, model="minilm", history=history, best_from_step=300 if method == "dora" else 0,
                 constant_scores={metric: [0.0]},
                 rank_pattern=pattern(seed, task) if var == "dora" else None,
+                env={"device": "cuda:0" if task == "cola" else "cpu"},
             )  # fmt: skip
     return root
 
@@ -79,6 +80,7 @@ def test_means_leave_degenerate_runs_apart_and_average_over_tasks(report):
     assert math.isclose(float(s["best", "lora", "cola"]["mean"]), 23.0)  # result["best"] = v + 1
     md = (report / "study.md").read_text()
     assert "| DynDoRA, no pruning |" in md and "12.00 ± 2.83 (2) +1" in md
+    assert "Where the runs trained: cola: 12 gpu; stsb: 12 cpu." in md  # result.json env.device, per task
 
 
 def test_paired_differences_are_per_seed_and_drop_degenerate_pairs(report):
