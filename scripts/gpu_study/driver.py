@@ -61,6 +61,8 @@ def stage2_cmd(task: str, lr: str) -> list[str]:
         str(RUNS / "stage2"),
         "--jobs",
         "1",
+        "--per-gpu",  # grid_job.py's GPU slots: with the default 1, every run of a folder waits for the last
+        str(SLOTS),
         "--",
         "model=minilm",
         "method=adalora",
@@ -81,6 +83,8 @@ def stage3_job(part: str, task: str, seed: int, prio: float) -> Job:
         str(RUNS / "stage3"),
         "--jobs",
         "1",
+        "--per-gpu",  # grid_job.py's GPU slots: with the default 1, every run of a folder waits for the last
+        str(SLOTS),
         "--",
         f"task={task}",
         f"seed={seed}",
@@ -99,6 +103,8 @@ def main() -> None:
     p.add_argument("--skip", action="append", default=[], help="part:task pairs not to run here")
     p.add_argument("--extra", action="append", default=[], help="an override added to every run (tests)")
     a = p.parse_args()
+    global SLOTS
+    SLOTS = a.slots
     COMMON.extend(a.extra)
     deadline = T0 + a.seconds
     queue: list[Job] = []
@@ -230,5 +236,6 @@ if __name__ == "__main__":
     CODE, DATA, RUNS = STAGE / "code", STAGE / "data", Path("/root/runs/study")
     TUNED = Path(os.environ["DORA_TUNED_DIR"])
     PY = sys.executable
+    SLOTS = 1
     RUNS.mkdir(parents=True, exist_ok=True)
     main()
