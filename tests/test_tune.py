@@ -149,6 +149,7 @@ def test_make_study2_runs_one_grid_per_method_and_task_with_its_rates():
     assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-dora-mrpc")  # extended upward
     assert "lrs=1e-4,3e-4,1e-3,3e-3,1e-2;" in dry("study2-lora-cola")  # extended downward
     assert "lrs=1e-4,3e-4,1e-3,3e-3;" in dry("study2-lora-stsb")  # extended downward
+    assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-adalora-sst2")  # extended downward
 
 
 def test_make_study3_parts_are_seed_major_and_name_the_folders_grid_py_study3_names(tmp_path):
