@@ -105,6 +105,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"n": "Int64", "degenerate": "Int64"})
 
 
+PAIRED_COLUMNS = ["protocol", "comparison", "task", "n", "mean_diff", "std_diff", "favour_a", "favour_b",
+                  "p_ttest", "degenerate_pairs", "diffs"]  # fmt: skip
+
+
 def paired(df: pd.DataFrame) -> pd.DataFrame:
     """Per (protocol, comparison, task incl. ``avg``): the seed-paired differences a − b."""
     from scipy import stats as st
@@ -128,7 +132,7 @@ def paired(df: pd.DataFrame) -> pd.DataFrame:
                     "p_ttest": pvalue, "degenerate_pairs": skipped,
                     "diffs": " ".join(f"{s}:{x:+.2f}" for s, x in zip(seeds, d, strict=True)),
                 })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)  # the columns also when no seed is paired yet
 
 
 def _tasks(df: pd.DataFrame) -> list[str]:

@@ -119,6 +119,20 @@ def test_two_runs_of_one_cell_and_seed_are_refused(tmp_path):
     assert done.returncode != 0 and "cola/lora/seed 1" in done.stderr and not (tmp_path / "out").exists()
 
 
+def test_a_study_with_no_paired_seed_yet_still_reports(tmp_path):
+    """Early in stage 3 (DynDoRA and LoRA at different seeds) the table is written and the paired file is
+    empty, with its header, instead of the report failing."""
+    runs = tmp_path / "runs"
+    for name, method, seed, knobs in (("a", "lora", 1, {}), ("b", "dora", 2, {"init_ratio": 1.5})):
+        write_run(runs, name, "mrpc", method, "low", seed, {"dev/accuracy": 80.0}, model="minilm", knobs=knobs,
+                  history=[{"step": 1, "dev/accuracy": 80.0}], env={"device": "cuda:0"})  # fmt: skip
+    done = run_script("study_report.py", "table", "--runs", str(runs), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "| LoRA | 80.00 ± — (1) | 80.00 |" in (tmp_path / "out" / "study.md").read_text()
+    assert rows(tmp_path / "out" / "paired.csv") == []
+    assert "mrpc: 2 gpu" in (tmp_path / "out" / "study.md").read_text()
+
+
 def test_lr_evidence_marks_the_choice_and_the_edge(tmp_path):
     grid = [
         {"lr": lr, "n": 1, "mean": m, "failed": f, "degenerate": d}
