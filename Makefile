@@ -179,7 +179,7 @@ STUDY_LRS_lora_stsb ?= 1e-4,3e-4,1e-3,3e-3
 STUDY_LRS_adalora_sst2 ?= 3e-4,1e-3,3e-3,1e-2
 STUDY2_GRIDS := $(foreach m,dora lora adalora,$(foreach t,$(STUDY_TASKS),study2-$(m)-$(t)))
 .PHONY: study2 study3 $(STUDY2_GRIDS)
-study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (39 CPU runs)
+study2: install ## MiniLM study stage 2: lr grids (seed 0) per method and task -> configs/tuned/ (41 runs)
 	$(call study_seed,stage2)
 	@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY2_GRIDS)
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage2 $(STUDY_OUT)/stage2/runs)

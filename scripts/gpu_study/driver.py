@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -52,45 +53,21 @@ class Job:
         self.proc = self.start = None
 
 
+def grid_cmd(target: str, folder: str, *overrides: str) -> list[str]:
+    """scripts/grid.py for one run: one job, and as many GPU slots as the driver runs processes (with
+    grid.py's default of 1, grid_job.py's slot lock makes every run of a folder wait for the last)."""
+    return [PY, "scripts/grid.py", target, "--runs", str(RUNS / folder), "--jobs", "1", "--per-gpu", str(SLOTS),
+            "--", *overrides, f"data_dir={DATA}", *COMMON]  # fmt: skip
+
+
 def stage2_cmd(task: str, lr: str) -> list[str]:
-    return [
-        PY,
-        "scripts/grid.py",
-        "study2",
-        "--runs",
-        str(RUNS / "stage2"),
-        "--jobs",
-        "1",
-        "--per-gpu",  # grid_job.py's GPU slots: with the default 1, every run of a folder waits for the last
-        str(SLOTS),
-        "--",
-        "model=minilm",
-        "method=adalora",
-        f"task={task}",
-        f"trainer.lr={lr}",
-        "seed=0",
-        f"data_dir={DATA}",
-        *COMMON,
-    ]
+    return grid_cmd(
+        "study2", "stage2", "model=minilm", "method=adalora", f"task={task}", f"trainer.lr={lr}", "seed=0"
+    )
 
 
 def stage3_job(part: str, task: str, seed: int, prio: float) -> Job:
-    cmd = [
-        PY,
-        "scripts/grid.py",
-        f"study3_{part}",
-        "--runs",
-        str(RUNS / "stage3"),
-        "--jobs",
-        "1",
-        "--per-gpu",  # grid_job.py's GPU slots: with the default 1, every run of a folder waits for the last
-        str(SLOTS),
-        "--",
-        f"task={task}",
-        f"seed={seed}",
-        f"data_dir={DATA}",
-        *COMMON,
-    ]
+    cmd = grid_cmd(f"study3_{part}", "stage3", f"task={task}", f"seed={seed}")
     return Job(f"s3 {part} {task} {seed}", cmd, prio, task)
 
 
@@ -180,7 +157,7 @@ def main() -> None:
     for t, lrs in grids.items():
         for lr in lrs:
             queue.append(Job(f"s2 adalora {t} {lr}", stage2_cmd(t, lr), -1, t, grid_done(t)))
-    parts = ["lora", "dora", "dora_noprune"] + ["adalora"]
+    parts = ["lora", "dora", "dora_noprune", "adalora"]
     for i, t in enumerate(tasks):
         for part in parts:
             if part == "adalora" and t in grids or f"{part}:{t}" in skip:
@@ -212,7 +189,7 @@ def main() -> None:
         queue.sort(key=lambda j: j.prio)
         while queue and len(running) < a.slots:
             j = queue[0]
-            typical = sorted(walls.get(j.task, [0]))[len(walls.get(j.task, [0])) // 2]
+            typical = statistics.median_low(walls.get(j.task, [0]))
             if time.time() + 0.9 * typical > deadline - 20:  # would not finish: leave it for the CPU
                 break
             queue.pop(0)
