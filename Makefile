@@ -193,20 +193,23 @@ $(STUDY2_GRIDS): study2-%:
 	  --experiment study2 --runs $(STUDY_RUNS)/stage2 --jobs 1 $(if $(DRY_RUN),--dry-run) -- \
 	  data_dir=$(DATA_DIR) logger=none trainer.progress=false $$( [ $$m = dora ] && echo method.prune_interval=10 ) $(ARGS)
 
-# Stage 3 as 20 (method, seed) parts of 4 runs each (one per task), seed-major: `make -j2` keeps two runs going
-# until the last part ends, and an interrupted study holds complete seeds across methods, not complete methods.
+# Stage 3 as 80 one-run parts, task-major (the fastest tasks first: CoLA, SST-2, STS-B, MRPC), then seed, then
+# method: `make -j2` keeps two runs going to the end, and an interrupted study holds complete tasks (5 seeds x
+# 4 methods, enough for that task's paired answer) rather than a few seeds of every task.
 # The run folders are the ones `scripts/grid.py study3` names (a test checks).
-STUDY3_PARTS := $(foreach s,1 2 3 4 5,$(foreach m,lora adalora dora dora_noprune,study3-$(m)-$(s)))
+STUDY3_ORDER ?= cola sst2 stsb mrpc
+STUDY3_PARTS := $(foreach t,$(STUDY3_ORDER),$(foreach s,1 2 3 4 5,$(foreach m,lora dora dora_noprune adalora,study3-$(m)-$(t)-$(s))))
 .PHONY: $(STUDY3_PARTS)
 study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report
 	$(call study_seed,stage3)
-	@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY3_PARTS)
+	$(if $(DRY_RUN),$(PY) scripts/grid.py study3 --runs $(STUDY_RUNS)/stage3 --dry-run -- data_dir=$(DATA_DIR) $(ARGS))
+	$(if $(DRY_RUN),@true,@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY3_PARTS))
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage3 $(STUDY_OUT)/stage3/runs)
 	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
 
 $(STUDY3_PARTS): study3-%:
 	OMP_NUM_THREADS=1 $(PY) scripts/grid.py study3_$(word 1,$(subst -, ,$*)) --runs $(STUDY_RUNS)/stage3 --jobs 1 \
-	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- seed=$(word 2,$(subst -, ,$*)) \
+	  --launcher $(LAUNCHER) $(if $(DRY_RUN),--dry-run) -- task=$(word 2,$(subst -, ,$*)) seed=$(word 3,$(subst -, ,$*)) \
 	  data_dir=$(DATA_DIR) logger=none trainer.progress=false $(ARGS)
 
 study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), allocation diagnostics, curves

@@ -152,15 +152,19 @@ def test_make_study2_runs_one_grid_per_method_and_task_with_its_rates():
     assert "lrs=3e-4,1e-3,3e-3,1e-2;" in dry("study2-adalora-sst2")  # extended downward
 
 
-def test_make_study3_parts_are_seed_major_and_name_the_folders_grid_py_study3_names(tmp_path):
-    """`make -j2 study3` runs 20 (method, seed) parts, seed 1 of every method first; together they are
-    exactly the 80 run folders of `scripts/grid.py study3`, so either command resumes the other's runs."""
+def test_make_study3_parts_are_task_major_and_name_the_folders_grid_py_study3_names(tmp_path):
+    """`make -j2 study3` runs 80 one-run parts, every run of CoLA first, then SST-2, STS-B and MRPC (seed by
+    seed within a task); together they are exactly the 80 run folders of `scripts/grid.py study3`, so either
+    command resumes the other's runs."""
     import re
 
     done = subprocess.run(["make", "-n", "study3"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    parts = re.findall(r"grid\.py (study3_\w+) .*?seed=(\d)", done.stdout.replace("\\\n", " "))
-    assert len(parts) == 20 and [s for _, s in parts] == sorted(s for _, s in parts)
-    folders = [r.folder for e, s in parts for r in grid.plan(e, tmp_path, [f"seed={s}"])]
+    parts = re.findall(r"grid\.py (study3_\w+) .*?task=(\w+) seed=(\d)", done.stdout.replace("\\\n", " "))
+    assert len(parts) == 80
+    order = ["cola", "sst2", "stsb", "mrpc"]
+    assert [order.index(t) for _, t, _ in parts] == sorted(order.index(t) for _, t, _ in parts)
+    assert [s for _, t, s in parts if t == "cola"] == sorted(s for _, t, s in parts if t == "cola")
+    folders = [r.folder for e, t, s in parts for r in grid.plan(e, tmp_path, [f"task={t}", f"seed={s}"])]
     assert sorted(folders) == sorted(r.folder for r in grid.plan("study3", tmp_path, []))
     assert len(set(folders)) == 80
