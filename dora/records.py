@@ -56,6 +56,15 @@ class RunRecord:
         dev = (self.env or {}).get("device")
         return None if dev is None else "gpu" if str(dev).startswith("cuda") else str(dev).split(":")[0]
 
+    @property
+    def variant(self) -> str:
+        """The method, except that DynDoRA at b(0) = b(T) (``method.init_ratio`` 1: nothing is ever pruned) is
+        its own variant, ``dora_noprune``: the study's ablation of the allocation."""
+        ratio = self.cfg("method.init_ratio")
+        if self.method == "dora" and ratio is not None and abs(float(ratio) - 1.0) < 1e-9:
+            return "dora_noprune"
+        return self.method
+
     @classmethod
     def from_result(cls, result: dict, path: str | Path) -> RunRecord:
         """The record of a parsed result.json; fields it lacks (older runs) take their defaults."""

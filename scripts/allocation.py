@@ -28,6 +28,7 @@ COLUMNS = [
     "model",
     "task",
     "method",
+    "variant",
     "budget",
     "lr",
     "seeds",
@@ -38,6 +39,9 @@ COLUMNS = [
     "a_cos_init",
     "lr_sum",
 ]
+
+
+LABELS = {"dora": "DynDoRA", "dora_noprune": "DynDoRA, no pruning", "adalora": "AdaLoRA"}
 
 
 def group_key(run: RunRecord) -> tuple:
@@ -85,7 +89,8 @@ def diagnose(runs: list[RunRecord]) -> list[dict]:
         x = patterns(members)
         varied = x[x.std(1) > 0]  # a uniform pattern (every matrix the same rank) has no correlation
         lr = members[0].cfg("trainer.lr")
-        row = {"model": model, "task": task, "method": method, "budget": budget or "", "lr": lr,
+        row = {"model": model, "task": task, "method": method, "variant": members[0].variant,
+               "budget": budget or "", "lr": lr,
                "seeds": len(members), "uniform": int(len(x) - len(varied)), "mean_r": None, "p": None}  # fmt: skip
         if len(varied) >= 2:
             row["mean_r"] = mean_pairwise_r(varied)
@@ -114,7 +119,7 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['task']} | {'DynDoRA' if r['method'] == 'dora' else 'AdaLoRA'} | "
+            f"| {r['model']} | {r['task']} | {LABELS[r['variant']]} | "
             f"{r['budget']} | {r['lr'] if r['lr'] is not None else '—'} | {r['seeds']} | {r['uniform']} | {fmt(r['mean_r'])} | {fmt(r['p'], 3)} | "
             f"{fmt(r['b_cos_init'], 3)} | {fmt(r['a_cos_init'], 3)} | {fmt(r['lr_sum'])} |"
         )
@@ -135,7 +140,7 @@ def figure(rows: list[dict], runs: list[RunRecord], out: Path) -> bool:
     for k, (method, name, color) in enumerate(
         (("adalora", "AdaLoRA", "tab:blue"), ("dora", "DynDoRA", "tab:red"))
     ):
-        mine = {(r["task"], r["lr"] or 0): r for r in scored if r["method"] == method}
+        mine = {(r["task"], r["lr"] or 0): r for r in scored if r["variant"] == method}
         for i, cat in enumerate(cats):
             if cat in mine:
                 y = mine[cat]["mean_r"]

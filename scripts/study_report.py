@@ -44,13 +44,6 @@ TASK_ORDER = ("cola", "mrpc", "sst2", "stsb", "rte", "qnli", "qqp", "mnli")
 AVG = "avg"
 
 
-def variant(run: RunRecord) -> str:
-    ratio = run.cfg("method.init_ratio")
-    if run.method == "dora" and ratio is not None and math.isclose(float(ratio), 1.0):
-        return "dora_noprune"
-    return run.method
-
-
 def scores(runs: list[RunRecord]) -> pd.DataFrame:
     """One row per (run, protocol): task, variant, seed, metric, value, degenerate."""
     common_from: dict[str, int] = {}
@@ -62,7 +55,7 @@ def scores(runs: list[RunRecord]) -> pd.DataFrame:
             v = r.value(r.headline, protocol, common_from[r.task])
             if v is None:
                 continue
-            rows.append({"task": r.task, "variant": variant(r), "seed": r.seed, "metric": r.headline,
+            rows.append({"task": r.task, "variant": r.variant, "seed": r.seed, "metric": r.headline,
                          "protocol": protocol, "value": v, "degenerate": is_degenerate(r, r.headline, v),
                          "device": r.device or "unknown"})  # fmt: skip
     columns = ["task", "variant", "seed", "metric", "protocol", "value", "degenerate", "device"]
@@ -244,7 +237,7 @@ def rank_map(runs: list[RunRecord], out: Path) -> bool:
 
     grids: dict[str, list] = {}
     for r in runs:
-        if variant(r) == "dora" and (g := rank_grid(r)) is not None:
+        if r.variant == "dora" and (g := rank_grid(r)) is not None:
             grids.setdefault(r.task, []).append(g)
     if not grids:
         return False

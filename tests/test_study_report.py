@@ -163,3 +163,25 @@ def test_training_curves_never_pool_two_rates_or_pruning_with_no_pruning():
         "dora no pruning low (minilm, lr 0.001)",
         "dora low (minilm, lr 0.003)",
     }
+
+
+def test_allocation_table_names_dyndora_without_pruning_apart(tmp_path):
+    """The study's allocation.md holds DynDoRA and its no-pruning ablation (init_ratio 1) as two rows of one
+    (task, lr): each must say which it is, and the ablation's patterns count as uniform."""
+    from dora.records import scan
+    from scripts import allocation
+
+    uniform = {f"roberta.encoder.layer.{i}.{m}": 2 for i in range(2) for m in DORA_LAYERS}
+    for ratio in (1.5, 1.0):
+        for seed in (1, 2):
+            write_run(
+                tmp_path, f"r{ratio}-{seed}", "cola", "dora", "low", seed, {"dev/mcc": 20.0}, {"dev/mcc": 20.0},
+                knobs={"init_ratio": ratio, "dem_coef": 0.3}, model="minilm",
+                rank_pattern=pattern(seed, "cola") if ratio == 1.5 else uniform,
+            )  # fmt: skip
+    runs = scan(tmp_path).ok
+    assert sorted(r.variant for r in runs) == ["dora", "dora", "dora_noprune", "dora_noprune"]
+    rows = {r["variant"]: r for r in allocation.diagnose(runs)}
+    assert rows["dora_noprune"]["uniform"] == 2 and rows["dora"]["uniform"] == 0
+    md = allocation.markdown(list(rows.values()))
+    assert "| cola | DynDoRA | low |" in md and "| cola | DynDoRA, no pruning | low |" in md
