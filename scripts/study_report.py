@@ -2,7 +2,8 @@
 
 python scripts/study_report.py table --runs results/study/stage3/runs --out results/study/stage3
     study.md / study.csv    per task and method: mean ± std over seeds under the protocols last, common
-                            and best (the paper's), degenerate runs (at a constant predictor) counted apart
+                            and best (the paper's), degenerate runs (at a constant predictor) counted apart;
+                            the cost per task, method and device (also cost.csv)
     paired.md / paired.csv  seed-paired differences DynDoRA − LoRA, DynDoRA − AdaLoRA and DynDoRA −
                             (DynDoRA without pruning) per task and on the task average: every seed's
                             difference, mean ± std, how many seeds favour DynDoRA, paired t-test p
@@ -205,6 +206,37 @@ def devices_line(df: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def cost(runs: list[RunRecord]) -> pd.DataFrame:
+    """Per task, variant and device: runs, the median minutes of one run and the run-hours summed
+    (result.json timing: setup + training + evaluation, summed over a resumed run's segments)."""
+    rows = [{"task": r.task, "variant": r.variant, "device": r.device or "unknown",
+             "s": sum(float(r.timing.get(k) or 0.0) for k in ("setup_s", "train_s", "eval_s"))}
+            for r in runs]  # fmt: skip
+    columns = ["task", "variant", "device", "runs", "median_min", "run_h"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    rank = {k: i for i, k in enumerate([*TASK_ORDER, *VARIANTS])}  # the tables' order; others after
+    rows.sort(key=lambda x: (rank.get(x["task"], 99), rank.get(x["variant"], 99), x["device"]))
+    g = pd.DataFrame(rows).groupby(["task", "variant", "device"], sort=False).s
+    out = pd.DataFrame({"runs": g.size(), "median_min": g.median() / 60, "run_h": g.sum() / 3600})
+    return out.reset_index()[columns]
+
+
+def cost_md(c: pd.DataFrame) -> str:
+    if c.empty:
+        return ""
+    lines = ["## Cost", "",
+             "One run's time in minutes (median) and the run-hours summed, from result.json timing (setup, "
+             "training and evaluation). A CPU run used one thread, two at a time on a 2-core machine.", "",
+             "| task | method | device | runs | min per run | run-hours |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in c.itertuples():
+        lines.append(f"| {r.task} | {VARIANTS.get(r.variant, r.variant)} | {r.device} | {r.runs} | "
+                     f"{r.median_min:.1f} | {r.run_h:.2f} |")  # fmt: skip
+    for dev, d in c.groupby("device"):
+        lines.append(f"| all | all | {dev} | {d.runs.sum()} | — | {d.run_h.sum():.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def paired_md(pr: pd.DataFrame) -> str:
     lines = [
         "# MiniLM study, stage 3: seed-paired differences",
@@ -261,7 +293,9 @@ def table(runs_dir: Path, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summ.to_csv(out / "study.csv", index=False)
     pr.to_csv(out / "paired.csv", index=False)
-    (out / "study.md").write_text(summary_md(summ, df))
+    spent = cost(s.ok)
+    spent.to_csv(out / "cost.csv", index=False)
+    (out / "study.md").write_text(summary_md(summ, df) + "\n" + cost_md(spent))
     (out / "paired.md").write_text(paired_md(pr))
     rank_map(s.ok, out)
     print(f"{len(s.ok)} runs ({len(s.failed)} failed, {len(s.incomplete)} incomplete) -> {out}")

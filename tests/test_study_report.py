@@ -50,6 +50,7 @@ def stage3(tmp_path_factory):
                 constant_scores={metric: [0.0]},
                 rank_pattern=pattern(seed, task) if var == "dora" else None,
                 env={"device": "cuda:0" if task == "cola" else "cpu"},
+                timing={"setup_s": 0.0, "train_s": 60.0 * seed, "eval_s": 60.0},
             )  # fmt: skip
     return root
 
@@ -81,6 +82,17 @@ def test_means_leave_degenerate_runs_apart_and_average_over_tasks(report):
     md = (report / "study.md").read_text()
     assert "| DynDoRA, no pruning |" in md and "12.00 ± 2.83 (2) +1" in md
     assert "Where the runs trained: cola: 12 gpu; stsb: 12 cpu." in md  # result.json env.device, per task
+
+
+def test_cost_sums_each_runs_time_per_task_method_and_device(report):
+    c = {(r["task"], r["variant"], r["device"]): r for r in rows(report / "cost.csv")}
+    assert len(c) == 8 and {d for _, _, d in c} == {"gpu", "cpu"}
+    lora = c["cola", "lora", "gpu"]  # seeds 1-3: 120, 180 and 240 s (training + evaluation)
+    assert int(lora["runs"]) == 3 and math.isclose(float(lora["median_min"]), 3.0)
+    assert math.isclose(float(lora["run_h"]), 540 / 3600)
+    md = (report / "study.md").read_text()
+    assert "| cola | DynDoRA, no pruning | gpu | 3 | 3.0 | 0.15 |" in md
+    assert "| all | all | gpu | 12 | — | 0.60 |" in md and "| all | all | cpu | 12 | — | 0.60 |" in md
 
 
 def test_paired_differences_are_per_seed_and_drop_degenerate_pairs(report):
