@@ -37,3 +37,23 @@ def test_every_run_gets_its_own_gpu_slot_and_one_job():
     assert {"task=stsb", "seed=4", "data_dir=/data"} <= set(s3)
     s2 = d.stage2_cmd("mrpc", "1e-3")
     assert {"method=adalora", "task=mrpc", "trainer.lr=1e-3", "seed=0"} <= set(s2)
+
+
+def test_stage3_leaves_out_runs_done_elsewhere_and_names_folders_as_grid_py(tmp_path):
+    """go.sh unpacks the result.json of runs finished on the CPU into RUNS/stage3; the driver must not queue
+    them again, which needs its folder names to be grid.py's."""
+    from scripts import grid
+
+    d = driver(15)
+    d.RUNS = tmp_path
+    planned = {r.folder.name for r in grid.plan("study3", tmp_path / "stage3", [])}
+    names = {d.stage3_folder(p, t, s) for p in ("lora", "dora", "dora_noprune", "adalora")
+             for t in ("cola", "mrpc", "sst2", "stsb") for s in range(1, 6)}  # fmt: skip
+    assert names == planned
+    done = tmp_path / "stage3" / d.stage3_folder("dora_noprune", "mrpc", 3)
+    done.mkdir(parents=True)
+    (done / "result.json").write_text("{}")
+    jobs = d.stage3_jobs(["mrpc", "cola"], {"lora:cola"}, {})
+    assert len(jobs) == 4 * 5 - 1 + 3 * 5
+    assert "s3 dora_noprune mrpc 3" not in {j.name for j in jobs}
+    assert [j.task for j in jobs] == ["mrpc"] * 19 + ["cola"] * 15  # the task order given, MRPC first

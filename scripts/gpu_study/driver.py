@@ -71,6 +71,27 @@ def stage3_job(part: str, task: str, seed: int, prio: float) -> Job:
     return Job(f"s3 {part} {task} {seed}", cmd, prio, task)
 
 
+def stage3_folder(part: str, task: str, seed: int) -> str:
+    """The run folder `scripts/grid.py study3_<part>` names (a test checks)."""
+    method = "method.init_ratio=1.0,method=dora" if part == "dora_noprune" else f"method={part}"
+    return f"budget=low,{method},model=minilm,seed={seed},task={task}"
+
+
+def stage3_jobs(tasks: list[str], skip: set[str], grids: dict) -> list[Job]:
+    """Stage 3's runs in task order, less the part:task pairs in ``skip``, AdaLoRA where its rate is still
+    being tuned here (``grids``) and every run that already has a result.json in RUNS/stage3 (go.sh puts
+    the runs finished elsewhere there)."""
+    jobs = []
+    for i, t in enumerate(tasks):
+        for part in ("lora", "dora", "dora_noprune", "adalora"):
+            if part == "adalora" and t in grids or f"{part}:{t}" in skip:
+                continue
+            for seed in range(1, 6):
+                if not (RUNS / "stage3" / stage3_folder(part, t, seed) / "result.json").exists():
+                    jobs.append(stage3_job(part, t, seed, i))
+    return jobs
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--slots", type=int, required=True)
@@ -157,13 +178,7 @@ def main() -> None:
     for t, lrs in grids.items():
         for lr in lrs:
             queue.append(Job(f"s2 adalora {t} {lr}", stage2_cmd(t, lr), -1, t, grid_done(t)))
-    parts = ["lora", "dora", "dora_noprune", "adalora"]
-    for i, t in enumerate(tasks):
-        for part in parts:
-            if part == "adalora" and t in grids or f"{part}:{t}" in skip:
-                continue
-            for seed in range(1, 6):
-                queue.append(stage3_job(part, t, seed, i))
+    queue += stage3_jobs(tasks, skip, grids)
     log("plan", jobs=[j.name for j in queue], slots=a.slots, seconds=a.seconds)
 
     running: list[Job] = []

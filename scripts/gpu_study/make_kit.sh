@@ -4,7 +4,9 @@
 #   .gpu/a (call 1, stage.sh): the first 30 MiB of MiniLM's model.safetensors, the model's other files, the
 #          wheels the device image lacks (or has at other versions), a depth-1 clone of the study's frozen
 #          commit, and the GLUE files of the four tasks;
-#   .gpu/b (call 2, go.sh):    the rest of model.safetensors, the tuned learning rates, driver.py.
+#   .gpu/b (call 2, go.sh):    the rest of model.safetensors, the tuned learning rates, driver.py, and the
+#          result.json of every stage-3 run finished elsewhere (DONE_RUNS, default the committed
+#          results/study/stage3/runs), which the driver then leaves out.
 # Usage: scripts/gpu_study/make_kit.sh TUNED_DIR [COMMIT]     (needs DORA_DATA_DIR, the full data folder)
 set -euo pipefail
 tuned=$1
@@ -47,5 +49,8 @@ sum=$(sha256sum "$model/model.safetensors" | cut -d' ' -f1)
 echo "$sum" > "$b/model.sha256"
 
 cp "$kit/stage.sh" "$kit/bench.py" "$a/" && cp "$kit/go.sh" "$kit/driver.py" "$b/" && cp "$tuned"/*.yaml "$b/tuned/"
+done_runs=${DONE_RUNS:-$repo/results/study/stage3/runs}
+(cd "$done_runs" && find . -mindepth 2 -maxdepth 2 -name result.json -print0 | tar czf "$b/done.tar.gz" --null -T -)
+echo "stage-3 runs already done (left out on the GPU): $(tar tzf "$b/done.tar.gz" | grep -c result.json)"
 rm -rf "$tmp"
 du -sh "$a" "$b"
