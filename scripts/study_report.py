@@ -354,6 +354,31 @@ def lr(tuned: Path, out: Path) -> int:
     return 0
 
 
+def study_cost(root: Path) -> int:
+    """cost.md / cost.csv in ``root``: per stage folder with runs/ and per device, runs and run-hours."""
+    rows = []
+    for runs_dir in sorted(root.glob("*/runs")):
+        c = cost(scan(runs_dir).ok)
+        for dev, d in c.groupby("device", sort=True):
+            rows.append({"stage": runs_dir.parent.name, "device": dev, "runs": int(d.runs.sum()),
+                         "run_h": float(d.run_h.sum())})  # fmt: skip
+    if not rows:
+        raise SystemExit(f"error: no finished runs in any {root}/<stage>/runs")
+    df = pd.DataFrame(rows)
+    df.to_csv(root / "cost.csv", index=False)
+    lines = ["# What the MiniLM study cost", "",
+             "Finished runs and their run-hours (result.json timing: setup, training and evaluation) per stage "
+             "and device. A CPU run used one thread, two at a time on a 2-core machine, so CPU wall-clock is "
+             "about half the CPU run-hours; runs killed before they finished are not counted.", "",
+             "| stage | device | runs | run-hours |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r.stage} | {r.device} | {r.runs} | {r.run_h:.2f} |" for r in df.itertuples()]
+    for dev, d in df.groupby("device"):
+        lines.append(f"| all | {dev} | {d.runs.sum()} | {d.run_h.sum():.2f} |")
+    (root / "cost.md").write_text("\n".join(lines) + "\n")
+    print(f"{int(df.runs.sum())} runs -> {root / 'cost.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -363,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("lr", help="stage 2: the learning-rate evidence from the tuned files")
     s.add_argument("--tuned", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("cost", help="the whole study: runs and run-hours per stage and device")
+    c.add_argument("--root", type=Path, required=True)
     a = p.parse_args(argv)
+    if a.cmd == "cost":
+        return study_cost(a.root)
     return table(a.runs, a.out) if a.cmd == "table" else lr(a.tuned, a.out)
 
 

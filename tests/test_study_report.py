@@ -197,3 +197,19 @@ def test_allocation_table_names_dyndora_without_pruning_apart(tmp_path):
     assert rows["dora_noprune"]["uniform"] == 2 and rows["dora"]["uniform"] == 0
     md = allocation.markdown(list(rows.values()))
     assert "| cola | DynDoRA | low |" in md and "| cola | DynDoRA, no pruning | low |" in md
+
+
+def test_study_cost_sums_run_hours_per_stage_and_device(tmp_path):
+    for stage, dev, secs in (("stage1", "cpu", (1800.0, 3600.0)), ("stage3", "cuda:0", (90.0,))):
+        for seed, s in enumerate(secs, start=1):
+            write_run(
+                tmp_path / stage / "runs", f"r{seed}", "cola", "lora", "low", seed, {"dev/mcc": 20.0},
+                model="minilm", env={"device": dev}, timing={"setup_s": 0.0, "train_s": s - 10, "eval_s": 10.0},
+            )  # fmt: skip
+    done = run_script("study_report.py", "cost", "--root", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    c = {(r["stage"], r["device"]): r for r in rows(tmp_path / "cost.csv")}
+    assert set(c) == {("stage1", "cpu"), ("stage3", "gpu")}
+    assert int(c["stage1", "cpu"]["runs"]) == 2 and math.isclose(float(c["stage1", "cpu"]["run_h"]), 1.5)
+    md = (tmp_path / "cost.md").read_text()
+    assert "| all | cpu | 2 | 1.50 |" in md and "| all | gpu | 1 | 0.03 |" in md
