@@ -202,8 +202,7 @@ STUDY3_PARTS := $(foreach t,$(STUDY3_ORDER),$(foreach s,1 2 3 4 5,$(foreach m,lo
 .PHONY: $(STUDY3_PARTS)
 study3: install ## MiniLM study stage 3: the table, 80 CPU runs at the stage-2 learning rates, then study-report
 	$(call study_seed,stage3)
-	$(if $(DRY_RUN),$(PY) scripts/grid.py study3 --runs $(STUDY_RUNS)/stage3 --dry-run -- data_dir=$(DATA_DIR) $(ARGS))
-	$(if $(DRY_RUN),@true,@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY3_PARTS))
+	$(if $(DRY_RUN),$(PY) scripts/grid.py study3 --runs $(STUDY_RUNS)/stage3 --dry-run -- data_dir=$(DATA_DIR) $(ARGS),@$(MAKE) --no-print-directory -j$(MINI_JOBS) --output-sync=target $(STUDY3_PARTS))
 	$(if $(DRY_RUN),@true,$(PY) scripts/collect_results.py $(STUDY_RUNS)/stage3 $(STUDY_OUT)/stage3/runs)
 	$(if $(DRY_RUN),@true,$(MAKE) --no-print-directory study-report)
 
