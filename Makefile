@@ -114,7 +114,7 @@ sweep-dem: ## DEM coefficient (eta) sweep of DynDoRA on TASK= (default mrpc), 5 
 	$(if $(DRY_RUN),@true,$(PY) scripts/figures.py sweep --runs $(RUNS)/sweep-dem --out $(REPRO)/sweeps --task $(TASK) --knob method.dem_coef)
 # ==== end of issue 6 block ============================================================================
 
-# ==== MiniLM mini-reproduction (README "Mini-reproduction on MiniLM") ================================
+# ==== The superseded one-epoch MiniLM grid (results/mini/README.md; the MiniLM study replaces it) =====
 # configs/experiment/mini_*.yaml: 5 GLUE tasks x {dora, adalora, lora, bitfit, full} x seeds 1-3 = 75 runs of the
 # real all-MiniLM-L6-v2, two at a time with one thread each (about 2.5 h on 2 CPU cores). Finished runs in
 # MINI_RUNS are skipped; the table, runs.csv, heatmap and a copy of every result.json go to MINI_OUT.
