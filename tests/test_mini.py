@@ -18,7 +18,7 @@ from tests.helpers import REPO, compose, run_cli, run_script
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
 METHODS = ["dora", "adalora", "lora", "bitfit", "full"]
 COMMITTED = REPO / "results" / "mini"
-# the pilots' choices (README "Mini-reproduction on MiniLM")
+# the pilots' choices (results/mini/README.md)
 LR = {"dora": 3e-3, "adalora": 3e-3, "lora": 3e-3, "bitfit": 3e-3, "full": 1e-4}
 
 
