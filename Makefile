@@ -216,6 +216,8 @@ study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), 
 	  $(PY) scripts/make_tables.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st --protocol common && \
 	  $(PY) scripts/figures.py --runs $(STUDY_OUT)/$$st/runs --out $(STUDY_OUT)/$$st/figures --model minilm; fi; done
 	@if [ -d $(STUDY_OUT)/stage3/runs ]; then $(PY) scripts/study_report.py table --runs $(STUDY_OUT)/stage3/runs --out $(STUDY_OUT)/stage3; fi
+	@if [ -d $(STUDY_OUT)/stage3/runs ] && [ -d $(STUDY_OUT)/twin/runs ]; then $(PY) scripts/study_report.py table \
+	  --runs $(STUDY_OUT)/stage3/runs --replace $(STUDY_OUT)/twin/runs --out $(STUDY_OUT)/stage3/cpu_only; fi
 	@if compgen -G "$(STUDY_OUT)/*/runs" >/dev/null; then $(PY) scripts/study_report.py cost --root $(STUDY_OUT); fi
 	@if compgen -G "configs/tuned/minilm_*.yaml" >/dev/null; then $(PY) scripts/study_report.py lr --tuned configs/tuned --out $(STUDY_OUT)/stage2; fi
 

@@ -9,6 +9,9 @@ python scripts/study_report.py table --runs results/study/stage3/runs --out resu
                             difference, mean ± std, how many seeds favour DynDoRA, paired t-test p
     ranks_mean.{png,pdf}    Figure-2-style map of DynDoRA's final rank per (matrix, layer), mean over
                             seeds, one panel per task
+python scripts/study_report.py table --runs results/study/stage3/runs --replace results/study/twin/runs \
+        --out results/study/stage3/cpu_only
+                            the same, with each run that has a CPU twin replaced by it (a device check)
 python scripts/study_report.py lr --tuned configs/tuned --out results/study/stage2
     lr.md / lr.csv          stage 2's evidence: every rate's score per method and task, and the choice
 
@@ -284,21 +287,44 @@ def rank_map(runs: list[RunRecord], out: Path) -> bool:
     return True
 
 
-def table(runs_dir: Path, out: Path) -> int:
+def replaced(runs: list[RunRecord], twins: list[RunRecord]) -> list[RunRecord]:
+    """``runs`` with each run that has a twin (same task, method variant and seed) replaced by the twin,
+    e.g. the CPU twin of a run that trained on the GPU; a twin with no counterpart is an error."""
+
+    def key(r: RunRecord) -> tuple:
+        return r.task, r.variant, r.seed
+
+    by_key = {key(r): r for r in twins}
+    orphans = sorted(set(by_key) - {key(r) for r in runs})
+    if orphans:
+        raise SystemExit(
+            "error: --replace has runs with no counterpart in --runs (task/method/seed): "
+            + ", ".join(f"{t}/{m}/seed {s}" for t, m, s in orphans)
+        )
+    return [by_key.get(key(r), r) for r in runs]
+
+
+def table(runs_dir: Path, out: Path, replace: Path | None = None) -> int:
     s = scan(runs_dir)
     if not s.ok:
         raise SystemExit(f"error: no finished runs below {runs_dir}")
-    df = scores(s.ok)
+    runs = s.ok
+    if replace is not None:
+        twins = scan(replace).ok
+        if not twins:
+            raise SystemExit(f"error: no finished runs below {replace} (--replace)")
+        runs = replaced(runs, twins)
+    df = scores(runs)
     summ, pr = summary(df), paired(df)
     out.mkdir(parents=True, exist_ok=True)
     summ.to_csv(out / "study.csv", index=False)
     pr.to_csv(out / "paired.csv", index=False)
-    spent = cost(s.ok)
+    spent = cost(runs)
     spent.to_csv(out / "cost.csv", index=False)
     (out / "study.md").write_text(summary_md(summ, df) + "\n" + cost_md(spent))
     (out / "paired.md").write_text(paired_md(pr))
-    rank_map(s.ok, out)
-    print(f"{len(s.ok)} runs ({len(s.failed)} failed, {len(s.incomplete)} incomplete) -> {out}")
+    rank_map(runs, out)
+    print(f"{len(runs)} runs ({len(s.failed)} failed, {len(s.incomplete)} incomplete) -> {out}")
     return 0
 
 
@@ -385,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table", help="stage 3: per-task table, paired differences, mean rank map")
     t.add_argument("--runs", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--replace", type=Path, help="runs that replace their counterparts in --runs (CPU twins)")
     s = sub.add_parser("lr", help="stage 2: the learning-rate evidence from the tuned files")
     s.add_argument("--tuned", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
@@ -393,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "cost":
         return study_cost(a.root)
-    return table(a.runs, a.out) if a.cmd == "table" else lr(a.tuned, a.out)
+    return table(a.runs, a.out, a.replace) if a.cmd == "table" else lr(a.tuned, a.out)
 
 
 if __name__ == "__main__":

@@ -213,3 +213,34 @@ def test_study_cost_sums_run_hours_per_stage_and_device(tmp_path):
     assert int(c["stage1", "cpu"]["runs"]) == 2 and math.isclose(float(c["stage1", "cpu"]["run_h"]), 1.5)
     md = (tmp_path / "cost.md").read_text()
     assert "| all | cpu | 2 | 1.50 |" in md and "| all | gpu | 1 | 0.03 |" in md
+
+
+def test_cpu_twins_replace_their_gpu_counterparts(stage3, tmp_path):
+    """--replace: the table again with each run that has a twin (same task, method, seed) swapped for it."""
+    twins = tmp_path / "twins"
+    write_run(twins, "lora-cola-1", "cola", "lora", "low", 1, {"dev/mcc": 30.0}, model="minilm",
+              history=[{"step": 400, "dev/mcc": 31.0}, {"step": 500, "dev/mcc": 30.0}],
+              constant_scores={"dev/mcc": [0.0]}, env={"device": "cpu"},
+              timing={"setup_s": 0.0, "train_s": 60.0, "eval_s": 60.0})  # fmt: skip
+    out = tmp_path / "out"
+    done = run_script(
+        "study_report.py", "table", "--runs", str(stage3), "--replace", str(twins), "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    s = {(r["protocol"], r["variant"], r["task"]): r for r in rows(out / "study.csv")}
+    assert math.isclose(float(s["last", "lora", "cola"]["mean"]), (30.0 + 22.0 + 24.0) / 3)
+    assert int(s["last", "lora", "cola"]["n"]) == 3  # replaced, not added
+    p = {(r["protocol"], r["comparison"], r["task"]): r for r in rows(out / "paired.csv")}
+    assert p["last", "dora - lora", "cola"]["diffs"] == "1:-9.00 2:+3.00 3:-1.00"
+    assert "cola: 1 cpu, 11 gpu;" in (out / "study.md").read_text()
+
+
+def test_a_twin_without_a_counterpart_is_refused(stage3, tmp_path):
+    twins = tmp_path / "twins"
+    write_run(twins, "lora-mrpc-1", "mrpc", "lora", "low", 1, {"dev/accuracy": 80.0}, model="minilm",
+              history=[{"step": 1, "dev/accuracy": 80.0}])  # fmt: skip
+    out = tmp_path / "out"
+    done = run_script(
+        "study_report.py", "table", "--runs", str(stage3), "--replace", str(twins), "--out", str(out)
+    )
+    assert done.returncode != 0 and "mrpc/lora/seed 1" in done.stderr and not out.exists()
