@@ -7,6 +7,7 @@ python scripts/study_report.py table --runs results/study/stage3/runs --out resu
     paired.md / paired.csv  seed-paired differences DynDoRA − LoRA, DynDoRA − AdaLoRA and DynDoRA −
                             (DynDoRA without pruning) per task and on the task average: every seed's
                             difference, mean ± std, how many seeds favour DynDoRA, paired t-test p
+    tasks.md                both, one block per task, as the README quotes them
     ranks_mean.{png,pdf}    Figure-2-style map of DynDoRA's final rank per (matrix, layer), mean over
                             seeds, one panel per task
 python scripts/study_report.py table --runs results/study/stage3/runs --replace results/study/twin/runs \
@@ -199,6 +200,81 @@ def summary_md(s: pd.DataFrame, df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def tasks_md(s: pd.DataFrame, pr: pd.DataFrame, df: pd.DataFrame, lrs: dict[tuple[str, str], str]) -> str:
+    """One block per task, as the README quotes it: the four methods under every protocol (with each
+    method's learning rate) and the three seed-paired comparisons under ``last`` and ``common``."""
+    lines = ["# MiniLM study, stage 3: per task", ""]
+    for task in _tasks(df):
+        t = df[(df.task == task) & (df.protocol == PROTOCOLS[0])]
+        counts = t.device.value_counts().sort_index()
+        where = ", ".join(f"{n} on the {dev.upper()}" for dev, n in counts.items())
+        lines += [f"## {task}: {len(t)} runs ({where}); dev {t.metric.iloc[0].split('/')[-1]}, mean ± std "
+                  "over seeds (n), +k runs at a constant predictor", "",
+                  "| method (lr) | `last` | `common` | `best` |", "|---|---|---|---|"]  # fmt: skip
+        for var in [v for v in VARIANTS if v in set(t.variant)]:
+            cells = []
+            for protocol in PROTOCOLS:
+                r = s[(s.protocol == protocol) & (s.variant == var) & (s.task == task)].iloc[0]
+                cell = f"{_f(r['mean'])} ± {_f(r['std'])} ({r['n']})" if r["n"] else "—"
+                cells.append(cell + (f" +{r['degenerate']}" if r["degenerate"] else ""))
+            lines.append(f"| {VARIANTS[var]} ({lrs.get((task, var), '?')}) | " + " | ".join(cells) + " |")
+        lines += ["", "| comparison | `last` Δ | favour | p | `common` Δ | favour | p |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for a, b in COMPARISONS:
+            cells = []
+            for protocol in ("last", "common"):
+                q = pr[(pr.protocol == protocol) & (pr.comparison == f"{a} - {b}") & (pr.task == task)]
+                if q.empty:
+                    cells += ["—", "—", "—"]
+                    continue
+                r = q.iloc[0]
+                cells += [f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)}", f"{r.favour_a}/{r.favour_b}",
+                          _f(r.p_ttest, 3)]  # fmt: skip
+            lines.append(f"| {VARIANTS[a]} − {VARIANTS[b]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += _average_md(s, pr)
+    return "\n".join(lines)
+
+
+def _average_md(s: pd.DataFrame, pr: pd.DataFrame) -> list[str]:
+    """The task average: each method's mean of task means, and the seed-paired differences of the
+    per-seed task averages (only once some seed has every task for both methods)."""
+    avg = pr[pr.task == AVG]
+    if avg.empty:
+        return []
+    lines = ["## Average over the tasks", "", "| method | `last` | `common` | `best` |", "|---|---|---|---|"]
+    for var in [v for v in VARIANTS if v in set(s.variant)]:
+        means = [
+            s[(s.protocol == p) & (s.variant == var) & (s.task == AVG)]["mean"].iloc[0] for p in PROTOCOLS
+        ]
+        lines.append(f"| {VARIANTS[var]} | " + " | ".join(_f(m) for m in means) + " |")
+    lines += ["", "| comparison | seeds | `last` Δ | favour | p | `common` Δ | favour | p |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for a, b in COMPARISONS:
+        q = {r.protocol: r for r in avg[avg.comparison == f"{a} - {b}"].itertuples()}
+        if "last" not in q:
+            continue
+        cells = [str(q["last"].n)]
+        for protocol in ("last", "common"):
+            r = q.get(protocol)
+            cells += (["—"] * 3 if r is None else [f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)}",
+                      f"{r.favour_a}/{r.favour_b}", _f(r.p_ttest, 3)])  # fmt: skip
+        lines.append(f"| {VARIANTS[a]} − {VARIANTS[b]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def learning_rates(runs: list[RunRecord]) -> dict[tuple[str, str], str]:
+    """(task, variant) -> the learning rate(s) its runs trained at, e.g. ``1e-3`` (``?`` where unrecorded)."""
+    seen: dict[tuple[str, str], set] = {}
+    for r in runs:
+        seen.setdefault((r.task, r.variant), set()).add(r.cfg("trainer.lr"))
+
+    def fmt(lr) -> str:
+        return "?" if lr is None else f"{float(lr):.0e}".replace("e-0", "e-")
+
+    return {k: ", ".join(sorted({fmt(lr) for lr in v})) for k, v in seen.items()}
+
+
 def devices_line(df: pd.DataFrame) -> str:
     """Per task, how many runs trained on each device, e.g. ``cola: 20 gpu; mrpc: 15 cpu, 5 gpu``."""
     runs = df[df.protocol == df.protocol.iloc[0]]
@@ -323,6 +399,7 @@ def table(runs_dir: Path, out: Path, replace: Path | None = None) -> int:
     spent.to_csv(out / "cost.csv", index=False)
     (out / "study.md").write_text(summary_md(summ, df) + "\n" + cost_md(spent))
     (out / "paired.md").write_text(paired_md(pr))
+    (out / "tasks.md").write_text(tasks_md(summ, pr, df, learning_rates(runs)))
     rank_map(runs, out)
     print(f"{len(runs)} runs ({len(s.failed)} failed, {len(s.incomplete)} incomplete) -> {out}")
     return 0

@@ -244,3 +244,14 @@ def test_a_twin_without_a_counterpart_is_refused(stage3, tmp_path):
         "study_report.py", "table", "--runs", str(stage3), "--replace", str(twins), "--out", str(out)
     )
     assert done.returncode != 0 and "mrpc/lora/seed 1" in done.stderr and not out.exists()
+
+
+def test_tasks_md_has_a_block_per_task_and_the_average(report):
+    md = (report / "tasks.md").read_text()
+    cola = md[md.index("## cola") : md.index("## stsb")]
+    assert cola.startswith("## cola: 12 runs (12 on the GPU); dev mcc")
+    assert "| AdaLoRA (?) | 12.00 ± 2.83 (2) +1 |" in cola  # no trainer.lr in these records
+    assert "| DynDoRA − LoRA | +1.00 ± 2.00 | 2/1 |" in cola
+    avg = md[md.index("## Average over the tasks") :]
+    assert "| DynDoRA | 54.25 |" in avg  # (23.0 + 85.5) / 2 under last
+    assert "| DynDoRA − AdaLoRA | 3 | +8.17 ± " in avg  # per-seed averages 6.50, 13.25, 4.75
