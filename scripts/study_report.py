@@ -168,6 +168,21 @@ def _f(x, digits=2, signed=False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def _cell(r) -> str:
+    """A summary row as a table cell: ``mean ± std (n)``, ``+k`` degenerate runs left out."""
+    cell = f"{_f(r['mean'])} ± {_f(r['std'])} ({r['n']})" if r["n"] else "—"
+    return cell + (f" +{r['degenerate']}" if r["degenerate"] else "")
+
+
+def _paired_cells(r) -> list[str]:
+    """A paired row as three table cells: Δ mean ± std, favour a/b, p."""
+    return [
+        f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)}",
+        f"{r.favour_a}/{r.favour_b}",
+        _f(r.p_ttest, 3),
+    ]
+
+
 def summary_md(s: pd.DataFrame, df: pd.DataFrame) -> str:
     tasks = _tasks(df)
     metrics = {t: df[df.task == t].metric.iloc[0].split("/")[-1] for t in tasks}
@@ -193,8 +208,7 @@ def summary_md(s: pd.DataFrame, df: pd.DataFrame) -> str:
                 if task == AVG:
                     cells.append(_f(r["mean"]))
                     continue
-                cell = f"{_f(r['mean'])} ± {_f(r['std'])} ({r['n']})" if r["n"] else "—"
-                cells.append(cell + (f" +{r['degenerate']}" if r["degenerate"] else ""))
+                cells.append(_cell(r))
             lines.append(f"| {VARIANTS[var]} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -215,8 +229,7 @@ def tasks_md(s: pd.DataFrame, pr: pd.DataFrame, df: pd.DataFrame, lrs: dict[tupl
             cells = []
             for protocol in PROTOCOLS:
                 r = s[(s.protocol == protocol) & (s.variant == var) & (s.task == task)].iloc[0]
-                cell = f"{_f(r['mean'])} ± {_f(r['std'])} ({r['n']})" if r["n"] else "—"
-                cells.append(cell + (f" +{r['degenerate']}" if r["degenerate"] else ""))
+                cells.append(_cell(r))
             lines.append(f"| {VARIANTS[var]} ({lrs.get((task, var), '?')}) | " + " | ".join(cells) + " |")
         lines += ["", "| comparison | `last` Δ | favour | p | `common` Δ | favour | p |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -227,9 +240,7 @@ def tasks_md(s: pd.DataFrame, pr: pd.DataFrame, df: pd.DataFrame, lrs: dict[tupl
                 if q.empty:
                     cells += ["—", "—", "—"]
                     continue
-                r = q.iloc[0]
-                cells += [f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)}", f"{r.favour_a}/{r.favour_b}",
-                          _f(r.p_ttest, 3)]  # fmt: skip
+                cells += _paired_cells(q.iloc[0])
             lines.append(f"| {VARIANTS[a]} − {VARIANTS[b]} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += _average_md(s, pr)
@@ -257,8 +268,7 @@ def _average_md(s: pd.DataFrame, pr: pd.DataFrame) -> list[str]:
         cells = [str(q["last"].n)]
         for protocol in ("last", "common"):
             r = q.get(protocol)
-            cells += (["—"] * 3 if r is None else [f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)}",
-                      f"{r.favour_a}/{r.favour_b}", _f(r.p_ttest, 3)])  # fmt: skip
+            cells += ["—"] * 3 if r is None else _paired_cells(r)
         lines.append(f"| {VARIANTS[a]} − {VARIANTS[b]} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -335,8 +345,8 @@ def paired_md(pr: pd.DataFrame) -> str:
             a, b = r.comparison.split(" - ")
             lines.append(
                 f"| {VARIANTS[a]} − {VARIANTS[b]} | {'Avg' if r.task == AVG else r.task} | {r.n} | "
-                f"{_f(r.mean_diff, signed=True)} ± {_f(r.std_diff)} | {r.favour_a}/{r.favour_b} | {_f(r.p_ttest, 3)} | "
-                f"{r.degenerate_pairs} | {r.diffs} |"
+                + " | ".join(_paired_cells(r))
+                + f" | {r.degenerate_pairs} | {r.diffs} |"
             )
         lines.append("")
     return "\n".join(lines)
