@@ -221,6 +221,12 @@ study-report: install ## rebuild STUDY_OUT tables (protocols best/last/common), 
 	@if compgen -G "$(STUDY_OUT)/*/runs" >/dev/null; then $(PY) scripts/study_report.py cost --root $(STUDY_OUT); fi
 	@if compgen -G "configs/tuned/minilm_*.yaml" >/dev/null; then $(PY) scripts/study_report.py lr --tuned configs/tuned --out $(STUDY_OUT)/stage2; fi
 
+# The wall-clock the study has taken: hours with at least one run training (from the live runs' run.log files,
+# which are not committed), per stage folder of STUDY_RUNS (pilot, stage1-3, twin) and in all.
+.PHONY: study-wallclock
+study-wallclock: install ## wall-clock hours with a study run training, from STUDY_RUNS/<stage>/<run>/run.log
+	$(PY) scripts/study_report.py wallclock $(wildcard $(addprefix $(STUDY_RUNS)/,pilot stage1 stage2 stage3 twin))
+
 # -- learning-rate selection (scripts/tune.py): a grid on unreported seeds -> configs/tuned/ --------------
 #   make tune MODEL=minilm METHOD=dora TASK=stsb LRS=1e-3,3e-3,1e-2 SEEDS=0 ARGS="data_dir=../shared/data"
 # A run uses the choice with 'trainer.lr=${tuned:}'.

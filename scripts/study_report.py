@@ -15,6 +15,10 @@ python scripts/study_report.py table --runs results/study/stage3/runs --replace 
                             the same, with each run that has a CPU twin replaced by it (a device check)
 python scripts/study_report.py lr --tuned configs/tuned --out results/study/stage2
     lr.md / lr.csv          stage 2's evidence: every rate's score per method and task, and the choice
+python scripts/study_report.py wallclock runs/study/stage1 runs/study/stage3 ...
+                            the wall-clock during which at least one run of those folders was training:
+                            the union of every run.log's active spans (lines under 15 min apart), per
+                            folder and in all (run.log is not committed: this reads a live STUDY_RUNS)
 
 The methods are the run's ``method``, except that DynDoRA with ``method.init_ratio`` 1 (b(0) = b(T): no
 pruning) is its own variant, ``dora_noprune``. The ``common`` protocol takes, for every run of a task, the
@@ -31,7 +35,9 @@ every task at that seed.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -492,6 +498,57 @@ def study_cost(root: Path) -> int:
     return 0
 
 
+_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d+\]")
+LOG_GAP = dt.timedelta(minutes=15)
+
+
+def log_spans(path: Path, gap: dt.timedelta = LOG_GAP) -> list[tuple[dt.datetime, dt.datetime]]:
+    """A run.log's active spans: its timestamped lines, split where two lines are ``gap`` or more apart (a
+    run killed and resumed later logs two spans). A run logs an evaluation at least every epoch, well within
+    the gap."""
+    spans: list[list[dt.datetime]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_TIME.match(line)
+        if not m:
+            continue
+        t = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+        if spans and t - spans[-1][1] < gap:
+            spans[-1][1] = t
+        else:
+            spans.append([t, t])
+    return [(a, b) for a, b in spans]
+
+
+def union_hours(spans: list[tuple[dt.datetime, dt.datetime]]) -> float:
+    merged: list[list[dt.datetime]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return sum((b - a).total_seconds() for a, b in merged) / 3600
+
+
+def wallclock(folders: list[Path]) -> int:
+    if not folders:
+        raise SystemExit(
+            "error: no runs folder given (the study's are STUDY_RUNS/pilot, stage1, stage2, stage3, twin)"
+        )
+    every = []
+    for folder in folders:
+        logs = sorted(folder.glob("*/run.log"))
+        if not logs:
+            raise SystemExit(
+                f"error: no <run>/run.log in {folder} (give a live runs folder, e.g. runs/study/stage3)"
+            )
+        spans = [s for log in logs for s in log_spans(log)]
+        every += spans
+        print(f"{folder}: {len(logs)} runs, {union_hours(spans):.2f} h wall-clock with a run training")
+    print(f"all: {union_hours(every):.2f} h wall-clock, {min(a for a, _ in every):%Y-%m-%d %H:%M} .. "
+          f"{max(b for _, b in every):%Y-%m-%d %H:%M}")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -504,7 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("cost", help="the whole study: runs and run-hours per stage and device")
     c.add_argument("--root", type=Path, required=True)
+    w = sub.add_parser("wallclock", help="the wall-clock with at least one run training, from run.log files")
+    w.add_argument("folders", type=Path, nargs="*")
     a = p.parse_args(argv)
+    if a.cmd == "wallclock":
+        return wallclock(a.folders)
     if a.cmd == "cost":
         return study_cost(a.root)
     return table(a.runs, a.out, a.replace) if a.cmd == "table" else lr(a.tuned, a.out)

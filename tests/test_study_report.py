@@ -255,3 +255,20 @@ def test_tasks_md_has_a_block_per_task_and_the_average(report):
     avg = md[md.index("## Average over the tasks") :]
     assert "| DynDoRA | 54.25 |" in avg  # (23.0 + 85.5) / 2 under last
     assert "| DynDoRA − AdaLoRA | 3 | +8.17 ± " in avg  # per-seed averages 6.50, 13.25, 4.75
+
+
+def test_wallclock_is_the_union_of_run_log_spans(tmp_path, capsys):
+    def log(run, *times):
+        (tmp_path / "s" / run).mkdir(parents=True)
+        lines = [f"[2026-11-30 {t},123][dora.runner][INFO] - eval" for t in times]
+        (tmp_path / "s" / run / "run.log").write_text("\n".join(["no timestamp here", *lines]) + "\n")
+
+    log("a", "10:00:00", "10:10:00", "10:20:00", "10:30:00")  # gaps under 15 min: one span, 10:00-10:30
+    # 10:20 and 10:40 are 20 min apart: two points; then killed, resumed: 12:00-12:06
+    log("b", "10:20:00", "10:40:00", "12:00:00", "12:06:00")
+    assert study_report.main(["wallclock", str(tmp_path / "s")]) == 0
+    # union: 10:00-10:30 (b's lone 10:20 and 10:40 spans are points) + 12:00-12:06 = 0.6 h
+    assert "2 runs, 0.60 h wall-clock" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no <run>/run.log"):
+        study_report.main(["wallclock", str(tmp_path / "empty")])
