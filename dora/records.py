@@ -19,8 +19,18 @@ from typing import Any
 RUN_MARKERS = (".hydra", "checkpoints", "run.log", ".lock")
 MNLI_AVG = "dev_m_mm/accuracy"  # the paper's MNLI column: mean of matched and mismatched accuracy
 FRAME_COLUMNS = ("path", "task", "method", "model", "seed", "budget", "headline")
-# config keys that may differ between the seeds of one table cell
-IGNORED_IN_SIGNATURE = ("seed", "output_dir", "logger", "trainer.progress", "trainer.num_workers")
+# config keys that may differ between the seeds of one table cell: the seed, where files live on the machine
+# that ran it (the run-folder name ignores data_dir too: configs/config.yaml), and what does not touch training
+IGNORED_IN_SIGNATURE = (
+    "seed",
+    "output_dir",
+    "data_dir",
+    "logger",
+    "trainer.progress",
+    "trainer.num_workers",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+)
 
 
 @dataclass(frozen=True, eq=False)

@@ -131,6 +131,32 @@ def test_runs_of_another_configuration_never_share_a_cell_and_tables_say_what_ra
     assert "counting minilm runs" in capsys.readouterr().out
 
 
+def test_runs_that_differ_only_in_where_they_ran_share_a_cell(tmp_path):
+    """A GPU machine's data_dir, output_dir and checkpoint cadence are not the experiment: one cell, one
+    allocation group (the MiniLM study's MRPC mixes GPU and CPU runs)."""
+    runs = [
+        result("dora", s, [(10, 80.0 + s)], rank_pattern={"a": 1 + s % 2, "b": 2 - s % 2}) for s in (1, 2, 3)
+    ]
+    for r, where in zip(runs, ("/work/shared/data", "/root/stage/data", "/work/shared/data"), strict=True):
+        r["config"] |= {
+            "data_dir": where,
+            "output_dir": f"{where}/run",
+            "trainer": {"lr": 1e-3, "checkpoint_every": 7},
+        }
+    runs[1]["config"]["trainer"]["checkpoint_every"] = 200
+    out = tmp_path / "out"
+    make_tables.build(write(tmp_path / "runs", runs), out)
+    assert (cell(out, "last", "stsb", "dora")["n"], float(cell(out, "last", "stsb", "dora")["mean"])) == (
+        "3",
+        82.0,
+    )
+    rows = allocation.diagnose(scan(tmp_path / "runs").ok)
+    assert [r["seeds"] for r in rows] == [3]
+    runs[2]["config"]["trainer"]["lr"] = 3e-3  # a knob that changes training still splits the cell
+    make_tables.build(write(tmp_path / "runs2", runs), out)
+    assert cell(out, "last", "stsb", "dora")["n"] == "2"
+
+
 def test_dyndora_is_named_dyndora_in_tables(tmp_path):
     out = tmp_path / "out"
     make_tables.build(write(tmp_path / "runs", [result("dora", 1, [(10, 80.0)], best_from_step=0)]), out)
