@@ -544,6 +544,8 @@ def wallclock(folders: list[Path]) -> int:
         spans = [s for log in logs for s in log_spans(log)]
         every += spans
         print(f"{folder}: {len(logs)} runs, {union_hours(spans):.2f} h wall-clock with a run training")
+    if not every:
+        raise SystemExit("error: no timestamped line in any run.log of " + ", ".join(map(str, folders)))
     print(f"all: {union_hours(every):.2f} h wall-clock, {min(a for a, _ in every):%Y-%m-%d %H:%M} .. "
           f"{max(b for _, b in every):%Y-%m-%d %H:%M}")  # fmt: skip
     return 0
