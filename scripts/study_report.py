@@ -12,7 +12,8 @@ python scripts/study_report.py table --runs results/study/stage3/runs --out resu
                             seeds, one panel per task
 python scripts/study_report.py table --runs results/study/stage3/runs --replace results/study/twin/runs \
         --out results/study/stage3/cpu_only
-                            the same, with each run that has a CPU twin replaced by it (a device check)
+                            the same, with each run that has a CPU twin replaced by it (a device check),
+                            and twins.md: every such run next to its twin (scores, rank-pattern agreement)
 python scripts/study_report.py lr --tuned configs/tuned --out results/study/stage2
     lr.md / lr.csv          stage 2's evidence: every rate's score per method and task, and the choice
 python scripts/study_report.py wallclock runs/study/stage1 runs/study/stage3 ...
@@ -396,15 +397,64 @@ def replaced(runs: list[RunRecord], twins: list[RunRecord]) -> list[RunRecord]:
     return [by_key.get(key(r), r) for r in runs]
 
 
+def _rank_agreement(a: RunRecord, b: RunRecord) -> str:
+    """How alike two runs' final rank patterns are: equal ranks on k of n matrices, and Pearson r."""
+    pa, pb = a.rank_pattern or {}, b.rank_pattern or {}
+    names = sorted(set(pa) & set(pb))
+    if not names:
+        return "—"
+    x, y = [float(pa[n]) for n in names], [float(pb[n]) for n in names]
+    same = sum(u == v for u, v in zip(x, y, strict=True))
+    r = statistics.correlation(x, y) if len(set(x)) > 1 and len(set(y)) > 1 else None
+    return f"{same} of {len(names)}, r {_f(r)}"
+
+
+def twins_md(runs: list[RunRecord], twins: list[RunRecord]) -> str:
+    """Each run next to its twin (same task, method variant and seed, e.g. a GPU run and its CPU rerun):
+    the headline under every protocol on both, and how alike their final rank patterns are."""
+    ours, theirs = scores(runs), scores(replaced(runs, twins))
+    twin_keys = {(t.task, t.variant, t.seed) for t in twins}
+    by_key = {(r.task, r.variant, r.seed): r for r in runs}
+    tw_by_key = {(t.task, t.variant, t.seed): t for t in twins}
+    lines = [
+        "# Runs and their twins",
+        "",
+        "Each run of the table next to its twin, the same configuration and seed trained again (here: on the"
+        " CPU, where the run trained on the GPU). Headline score under each protocol, run → twin; ranks: how"
+        " many adapted matrices end at the same rank in both, and the Pearson r of the two final patterns.",
+        "",
+        "| task | method | seed | devices | " + " | ".join(f"`{p}`" for p in PROTOCOLS) + " | ranks |",
+        "|---|---|---|---|" + "---|" * len(PROTOCOLS) + "---|",
+    ]
+    for key in sorted(twin_keys, key=lambda k: (_task_key(k[0]), k[1], k[2])):
+        cells = []
+        for protocol in PROTOCOLS:
+            pick = []
+            for frame in (ours, theirs):
+                row = frame[(frame.task == key[0]) & (frame.variant == key[1]) & (frame.seed == key[2])
+                            & (frame.protocol == protocol)]  # fmt: skip
+                pick.append(float(row.value.iloc[0]) if len(row) else None)
+            cells.append(f"{_f(pick[0])} → {_f(pick[1])}")
+        a, b = by_key[key], tw_by_key[key]
+        lines.append(
+            f"| {key[0]} | {VARIANTS.get(key[1], key[1])} | {key[2]} | {a.device or '?'} → {b.device or '?'} | "
+            + " | ".join(cells)
+            + f" | {_rank_agreement(a, b)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def table(runs_dir: Path, out: Path, replace: Path | None = None) -> int:
     s = scan(runs_dir)
     if not s.ok:
         raise SystemExit(f"error: no finished runs below {runs_dir}")
     runs = s.ok
+    twins_report = None
     if replace is not None:
         twins = scan(replace).ok
         if not twins:
             raise SystemExit(f"error: no finished runs below {replace} (--replace)")
+        twins_report = twins_md(runs, twins)
         runs = replaced(runs, twins)
     df = scores(runs)
     summ, pr = summary(df), paired(df)
@@ -417,6 +467,8 @@ def table(runs_dir: Path, out: Path, replace: Path | None = None) -> int:
     (out / "paired.md").write_text(paired_md(pr))
     (out / "tasks.md").write_text(tasks_md(summ, pr, df, learning_rates(runs)))
     rank_map(runs, out)
+    if twins_report is not None:
+        (out / "twins.md").write_text(twins_report)
     print(f"{len(runs)} runs ({len(s.failed)} failed, {len(s.incomplete)} incomplete) -> {out}")
     return 0
 

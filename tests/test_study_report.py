@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 
 import pytest
 import yaml
@@ -233,6 +234,41 @@ def test_cpu_twins_replace_their_gpu_counterparts(stage3, tmp_path):
     p = {(r["protocol"], r["comparison"], r["task"]): r for r in rows(out / "paired.csv")}
     assert p["last", "dora - lora", "cola"]["diffs"] == "1:-9.00 2:+3.00 3:-1.00"
     assert "cola: 1 cpu, 11 gpu;" in (out / "study.md").read_text()
+
+
+def test_twins_md_sets_each_run_next_to_its_twin(stage3, tmp_path):
+    """twins.md: each twinned run's scores on both devices, and how alike their final rank patterns are."""
+    twins = tmp_path / "twins"
+    ranks = pattern(1, "cola")
+    first = next(iter(ranks))
+    ranks_twin = ranks | {first: ranks[first] + 1}  # one matrix of 12 ends one rank higher on the twin
+    write_run(twins, "dora-cola-1", "cola", "dora", "low", 1, {"dev/mcc": 18.0}, {"dev/mcc": 17.0},
+              knobs={"init_ratio": 1.5, "dem_coef": 0.3}, model="minilm", best_from_step=300,
+              history=[{"step": 100, "dev/mcc": 30.0}, {"step": 400, "dev/mcc": 18.0}, {"step": 500, "dev/mcc": 17.0}],
+              constant_scores={"dev/mcc": [0.0]}, rank_pattern=ranks_twin, env={"device": "cpu"},
+              timing={"setup_s": 0.0, "train_s": 60.0, "eval_s": 60.0})  # fmt: skip
+    out = tmp_path / "out"
+    done = run_script(
+        "study_report.py", "table", "--runs", str(stage3), "--replace", str(twins), "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    md = (out / "twins.md").read_text()
+    rows_ = [line for line in md.splitlines() if line.startswith("| cola")]
+    assert len(rows_) == 1  # only the twinned run, not the table's other runs
+    cells = [c.strip() for c in rows_[0].strip("|").split("|")]
+    # last, common (from step 300: the GPU run's 22 at step 400 against the twin's 18), best
+    assert cells[:7] == [
+        "cola",
+        "DynDoRA",
+        "1",
+        "gpu → cpu",
+        "21.00 → 17.00",
+        "22.00 → 18.00",
+        "22.00 → 18.00",
+    ]
+    x = [float(v) for v in ranks.values()]
+    y = [float(v) for v in ranks_twin.values()]
+    assert cells[7] == f"11 of 12, r {statistics.correlation(x, y):.2f}"
 
 
 def test_a_twin_without_a_counterpart_is_refused(stage3, tmp_path):
