@@ -412,10 +412,13 @@ def _rank_agreement(a: RunRecord, b: RunRecord) -> str:
 def twins_md(runs: list[RunRecord], twins: list[RunRecord]) -> str:
     """Each run next to its twin (same task, method variant and seed, e.g. a GPU run and its CPU rerun):
     the headline under every protocol on both, and how alike their final rank patterns are."""
-    ours, theirs = scores(runs), scores(replaced(runs, twins))
-    twin_keys = {(t.task, t.variant, t.seed) for t in twins}
+
+    def values(rs: list[RunRecord]) -> pd.Series:
+        return scores(rs).set_index(["task", "variant", "seed", "protocol"]).value
+
+    ours, theirs = values(runs), values(replaced(runs, twins))
     by_key = {(r.task, r.variant, r.seed): r for r in runs}
-    tw_by_key = {(t.task, t.variant, t.seed): t for t in twins}
+    twin_of = {(t.task, t.variant, t.seed): t for t in twins}
     lines = [
         "# Runs and their twins",
         "",
@@ -426,16 +429,9 @@ def twins_md(runs: list[RunRecord], twins: list[RunRecord]) -> str:
         "| task | method | seed | devices | " + " | ".join(f"`{p}`" for p in PROTOCOLS) + " | ranks |",
         "|---|---|---|---|" + "---|" * len(PROTOCOLS) + "---|",
     ]
-    for key in sorted(twin_keys, key=lambda k: (_task_key(k[0]), k[1], k[2])):
-        cells = []
-        for protocol in PROTOCOLS:
-            pick = []
-            for frame in (ours, theirs):
-                row = frame[(frame.task == key[0]) & (frame.variant == key[1]) & (frame.seed == key[2])
-                            & (frame.protocol == protocol)]  # fmt: skip
-                pick.append(float(row.value.iloc[0]) if len(row) else None)
-            cells.append(f"{_f(pick[0])} → {_f(pick[1])}")
-        a, b = by_key[key], tw_by_key[key]
+    for key in sorted(twin_of, key=lambda k: (_task_key(k[0]), k[1], k[2])):
+        cells = [f"{_f(ours.get((*key, p)))} → {_f(theirs.get((*key, p)))}" for p in PROTOCOLS]
+        a, b = by_key[key], twin_of[key]
         lines.append(
             f"| {key[0]} | {VARIANTS.get(key[1], key[1])} | {key[2]} | {a.device or '?'} → {b.device or '?'} | "
             + " | ".join(cells)
