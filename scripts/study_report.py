@@ -47,6 +47,7 @@ import pandas as pd
 import yaml
 
 from dora.records import RunRecord, scan
+from scripts.allocation import mean_pairwise_r, patterns
 from scripts.make_tables import is_degenerate
 
 VARIANTS = {"lora": "LoRA", "adalora": "AdaLoRA", "dora": "DynDoRA", "dora_noprune": "DynDoRA, no pruning"}
@@ -398,15 +399,13 @@ def replaced(runs: list[RunRecord], twins: list[RunRecord]) -> list[RunRecord]:
 
 
 def _rank_agreement(a: RunRecord, b: RunRecord) -> str:
-    """How alike two runs' final rank patterns are: equal ranks on k of n matrices, and Pearson r."""
-    pa, pb = a.rank_pattern or {}, b.rank_pattern or {}
-    names = sorted(set(pa) & set(pb))
-    if not names:
+    """How alike two runs' final rank patterns are: equal ranks on k of n matrices, and Pearson r (the
+    statistic allocation.md averages over pairs of seeds)."""
+    if not (a.rank_pattern and b.rank_pattern):
         return "—"
-    x, y = [float(pa[n]) for n in names], [float(pb[n]) for n in names]
-    same = sum(u == v for u, v in zip(x, y, strict=True))
-    r = statistics.correlation(x, y) if len(set(x)) > 1 and len(set(y)) > 1 else None
-    return f"{same} of {len(names)}, r {_f(r)}"
+    x = patterns([a, b])
+    r = mean_pairwise_r(x) if (x.std(1) > 0).all() else None
+    return f"{int((x[0] == x[1]).sum())} of {x.shape[1]}, r {_f(r)}"
 
 
 def twins_md(runs: list[RunRecord], twins: list[RunRecord]) -> str:
